@@ -1,0 +1,25 @@
+from setuptools import setup
+
+setup(
+    install_requires=[
+        "Flask>=3.1",
+        "click>=8.1",
+        "gunicorn[gevent]>=23",
+        "flask-cors>=5",
+    ],
+    extras_require={
+        "redis": ["redis>=5"],
+        "test": [
+            "redis>=5",
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "requests>=2.31",
+            "sseclient-py>=1.8",
+            "httpx>=0.27",
+            "httpx-sse>=0.4",
+            "playwright>=1.45",
+            "mypy>=1.10",
+        ],
+    },
+)

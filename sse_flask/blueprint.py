@@ -1,0 +1,201 @@
+"""The HTTP layer: the ``sse`` blueprint's routes, and every error as JSON.
+
+Routes are relative to ``SSE_URL_PREFIX``: ``/events``, ``/say``, ``/stats``, ``/healthz``.
+Each error answers ``{"error": "..."}`` with the contract's status and no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import itertools
+import json
+import logging
+import re
+import typing as t
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import BrokerUnavailable, DataTooLarge, InvalidInput
+from .extension import DEFAULT_CHANNEL, _State, check_channel
+from .stream import EventStream
+
+if t.TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["blueprint"]
+
+log = logging.getLogger("sse_flask")
+
+blueprint = Blueprint("sse", __name__)
+
+_STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx buffers proxied responses unless told not to, which would hold events back.
+    "X-Accel-Buffering": "no",
+    # No "Connection" header: it is hop-by-hop, and PEP 3333 forbids applications to set it.
+}
+_hellos = itertools.count(1)
+
+
+@blueprint.get("/events")
+def events() -> Response:
+    """The event stream of the channels named by ``?channel=`` (``default`` if none)."""
+    state = _state()
+    settings = state.settings
+    channels = list(dict.fromkeys(check_channel(name) for name in request.args.getlist("channel"))) or [DEFAULT_CHANNEL]
+    for channel in channels:
+        if not state.sse.may_listen(channel):
+            return _error(403, f"you may not listen to channel {channel!r}")
+    last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
+    address = request.remote_addr or ""
+    refusal = state.reserve_stream(address)
+    if refusal is not None:
+        return _error(503, refusal, {"Retry-After": str(max(1, settings.retry_ms // 1000))})
+    release = functools.partial(state.release_stream, address)
+    try:
+        subscription = state.broker.subscribe(channels, last_event_id, queue_size=settings.queue_size)
+    except BaseException:
+        release()
+        raise
+    stream = EventStream(
+        subscription,
+        heartbeat=settings.heartbeat,
+        retry_ms=settings.retry_ms,
+        lifetime=settings.max_stream_seconds,
+        environ=request.environ,
+        on_close=release,
+    )
+    return Response(stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8")
+
+
+@blueprint.route("/say", methods=["GET", "POST"])
+def say() -> Response:
+    """Publish one event: from the query string on GET, from JSON or form fields on POST."""
+    state = _state()
+    if not _token_ok(state.settings.publish_token):
+        return _error(
+            401,
+            "publishing needs the header 'Authorization: Bearer <SSE_PUBLISH_TOKEN>'; it is missing or wrong",
+            {"WWW-Authenticate": 'Bearer realm="sse-flask"'},
+        )
+    if request.method == "GET":
+        data = request.args.get("msg", request.args.get("data"))
+        if data is None:
+            data = f"hello {next(_hellos)}"
+        event, channel = request.args.get("event"), request.args.get("channel")
+    else:
+        data, event, channel = _posted_fields(state.settings)
+    event_id = state.publish(data, event, channel)
+    return jsonify(id=event_id, channel=channel or DEFAULT_CHANNEL, event=event or "message")
+
+
+@blueprint.get("/stats")
+def stats() -> Response:
+    """This process's figures: open streams, per channel, published, dropped, backend."""
+    return jsonify(_state().broker.stats())
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response | tuple[Response, int]:
+    """``200 {"status": "ok"}``, or ``503`` with the reason when the broker is unreachable."""
+    try:
+        _state().broker.ping()
+    except BrokerUnavailable as e:
+        return jsonify(status="unavailable", error=str(e)), 503
+    return jsonify(status="ok")
+
+
+@blueprint.errorhandler(DataTooLarge)
+def _too_large(e: DataTooLarge) -> Response:
+    return _error(413, str(e))
+
+
+@blueprint.errorhandler(ValueError)
+def _invalid(e: ValueError) -> Response:
+    # InvalidInput from the extension, and ValueError from the encoder (event types).
+    return _error(400, str(e))
+
+
+@blueprint.errorhandler(BrokerUnavailable)
+def _unavailable(e: BrokerUnavailable) -> Response:
+    return _error(503, f"nothing was sent: {e}", {"Retry-After": "1"})
+
+
+@blueprint.errorhandler(HTTPException)
+def _http_error(e: HTTPException) -> Response:
+    return http_error(e)
+
+
+@blueprint.errorhandler(Exception)
+def _internal(e: Exception) -> Response:
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return _error(500, "internal server error; the details are in the server's log")
+
+
+def http_error(e: HTTPException) -> Response:
+    """Answer a werkzeug HTTP error as JSON; the demo app uses it for all its routes."""
+    response = _error(e.code or 500, e.description or e.name)
+    if e.code == 405 and e.valid_methods:
+        response.headers["Allow"] = ", ".join(e.valid_methods)
+    return response
+
+
+def enable_cors(app: Flask, settings: Settings) -> None:
+    """Let the browsers of ``SSE_CORS_ORIGINS`` open streams and publish."""
+    from flask_cors import CORS
+
+    routes = rf"^{re.escape(settings.url_prefix)}/(events|say|stats|healthz)$"
+    CORS(
+        app,
+        resources={routes: {"origins": list(settings.cors_origins)}},
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        supports_credentials=False,
+    )
+
+
+def _state() -> _State:
+    return t.cast(_State, current_app.extensions["sse"])
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _token_ok(token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest takes as long whatever the first wrong character, so the token
+    # cannot be guessed one character at a time from response times.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"), token.encode())
+
+
+def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
+    """``data``, ``event`` and ``channel`` from a JSON object or form fields."""
+    # Room for JSON escapes and white space around the largest data allowed.
+    request.max_content_length = 8 * settings.max_data_bytes + 65536
+    if request.is_json:
+        try:
+            fields = json.loads(request.get_data(cache=False))
+        except (ValueError, RecursionError) as e:
+            raise InvalidInput(f"the body is not valid JSON: {e}") from None
+        if not isinstance(fields, dict):
+            raise InvalidInput('the JSON body must be an object such as {"data": "hi", "event": "greeting", "channel": "news"}')
+        if "data" not in fields:
+            raise InvalidInput("the JSON body has no field 'data'")
+        data = fields["data"]
+    else:
+        fields = request.form
+        data = fields.get("data", fields.get("msg"))
+        if data is None:
+            raise InvalidInput("send the field 'data' as JSON (Content-Type: application/json) or as a form field")
+    for name in ("event", "channel"):
+        if fields.get(name) is not None and not isinstance(fields[name], str):
+            raise InvalidInput(f"field {name!r} must be a string, got {fields[name]!r:.80}")
+    return data, fields.get("event"), fields.get("channel")

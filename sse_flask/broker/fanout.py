@@ -1,0 +1,136 @@
+"""Local fan-out: the registry of this process's subscriptions, keyed by channel.
+
+Both brokers deliver through it; what differs between them is where ids and history come
+from. It is safe from OS threads and from greenlets alike: the lock is never held across
+anything that could block or switch greenlets, so under gevent it is never contended.
+
+Each subscription is a bounded mailbox (a deque and an event) rather than a
+:class:`queue.Queue`: the stream drains everything pending in one go, and a full mailbox
+is not waited on but cut off, so that one slow reader never delays the others and never
+makes the server buffer without bound.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import typing as t
+
+__all__ = ["Fanout", "Subscription"]
+
+#: Why a subscription ended, as :attr:`Subscription.closed` reports it.
+SLOW = "slow consumer"
+SHUTDOWN = "server shutting down"
+CLIENT = "client went away"
+
+
+class Subscription:
+    """One stream's mailbox: frames waiting to be written, and the channels it listens to.
+
+    :attr replay: frames to write before anything live, set by the broker when the stream
+        resumes after a ``Last-Event-ID``.
+    :attr closed: ``None`` while open, else why the subscription ended.
+    """
+
+    __slots__ = ("channels", "replay", "closed", "on_drop", "_frames", "_wakeup", "_limit", "_fanout")
+
+    def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
+        self.channels = tuple(channels)
+        self.replay: list[bytes] = []
+        self.closed: str | None = None
+        #: Called, with the fan-out lock held, when the subscription is cut off for falling
+        #: behind; the stream uses it to unblock a write to a client that does not read.
+        self.on_drop: t.Callable[[], None] | None = None
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._wakeup = threading.Event()
+        self._limit = limit
+        self._fanout = fanout
+
+    def offer(self, frame: bytes) -> bool:
+        """Queue ``frame``; return ``False``, queueing nothing, if the mailbox is full."""
+        if len(self._frames) >= self._limit:
+            return False
+        self._frames.append(frame)
+        self._wakeup.set()
+        return True
+
+    def wait(self, timeout: float | None) -> bytes:
+        """Wait up to ``timeout`` seconds for frames; return all pending ones, joined.
+
+        Returns ``b""`` on time-out, on :meth:`wake`, and once closed with nothing pending.
+        """
+        if not self._frames and self.closed is None:
+            self._wakeup.wait(timeout)
+        self._wakeup.clear()
+        frames = self._frames
+        count = len(frames)
+        if count == 1:
+            return frames.popleft()
+        return b"".join([frames.popleft() for _ in range(count)])
+
+    def wake(self) -> None:
+        """Make a pending or the next :meth:`wait` return at once."""
+        self._wakeup.set()
+
+    def close(self, reason: str = CLIENT) -> None:
+        """Stop receiving; idempotent. Frames already queued can still be drained."""
+        self._fanout.remove(self, reason)
+
+
+class Fanout:
+    """The subscriptions of one broker in this process, by channel."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.dropped = 0
+        self._channels: dict[str, set[Subscription]] = {}
+        self._count = 0
+
+    def new(self, channels: t.Sequence[str], limit: int) -> Subscription:
+        """Register a subscription to ``channels``. The caller holds :attr:`lock`."""
+        subscription = Subscription(self, channels, limit)
+        for channel in subscription.channels:
+            self._channels.setdefault(channel, set()).add(subscription)
+        self._count += 1
+        return subscription
+
+    def deliver(self, channel: str, frame: bytes) -> None:
+        """Offer ``frame`` to every subscriber of ``channel``. The caller holds :attr:`lock`."""
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return
+        slow = [subscription for subscription in subscribers if not subscription.offer(frame)]
+        for subscription in slow:
+            self.dropped += 1
+            self._unregister(subscription, SLOW)
+            subscription._frames.clear()
+            if subscription.on_drop is not None:
+                subscription.on_drop()
+
+    def remove(self, subscription: Subscription, reason: str) -> None:
+        """Unregister ``subscription``, if it still is, and wake its stream."""
+        with self.lock:
+            self._unregister(subscription, reason)
+
+    def close_all(self, reason: str = SHUTDOWN) -> None:
+        """End every subscription, so that streams finish and clients reconnect elsewhere."""
+        with self.lock:
+            for subscription in {s for subs in self._channels.values() for s in subs}:
+                self._unregister(subscription, reason)
+
+    def counts(self) -> tuple[int, dict[str, int]]:
+        """Return the number of open subscriptions, and of subscribers per channel."""
+        with self.lock:
+            return self._count, {channel: len(subs) for channel, subs in self._channels.items()}
+
+    def _unregister(self, subscription: Subscription, reason: str) -> None:
+        if subscription.closed is not None:
+            return
+        subscription.closed = reason
+        for channel in subscription.channels:
+            subscribers = self._channels[channel]
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._channels[channel]
+        self._count -= 1
+        subscription.wake()

@@ -1,0 +1,98 @@
+"""The in-process broker: history and ids in this process's memory.
+
+Ids are ``<epoch>-<sequence>``. The epoch is drawn afresh each time a broker starts, so an
+id handed out by an earlier process (a restarted worker, or another worker behind the same
+address) is recognised as unknown, and the client is told with ``event: missed`` instead of
+being silently resumed from the wrong place.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import secrets
+import typing as t
+
+from ..events import Event, encode_event, prefix_id
+from .fanout import Fanout, Subscription
+
+__all__ = ["MemoryBroker"]
+
+
+class MemoryBroker:
+    """Publish and subscribe within one process, keeping the last ``history`` events."""
+
+    name = "memory"
+
+    def __init__(self, *, history: int) -> None:
+        self.published = 0
+        self._epoch = secrets.token_hex(4)
+        self._sequence = 0
+        self._history: collections.deque[tuple[int, str, bytes]] = collections.deque(maxlen=history or None)
+        self._keep_history = history > 0
+        self._fanout = Fanout()
+
+    def publish(self, channel: str, frame: bytes) -> str:
+        """Give ``frame`` (encoded without an id) the next id and deliver it on ``channel``."""
+        with self._fanout.lock:
+            self._sequence += 1
+            event_id = f"{self._epoch}-{self._sequence}"
+            framed = prefix_id(frame, event_id)
+            if self._keep_history:
+                self._history.append((self._sequence, channel, framed))
+            self._fanout.deliver(channel, framed)
+            self.published += 1
+        return event_id
+
+    def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
+        """Subscribe to ``channels``, replaying what followed ``last_event_id``.
+
+        Reading the history and registering happen under one lock, so that every event is
+        either in the replay or delivered live, never both and never neither.
+        """
+        with self._fanout.lock:
+            subscription = self._fanout.new(channels, queue_size)
+            if last_event_id is not None:
+                subscription.replay = self._replay(set(channels), last_event_id)
+        return subscription
+
+    def stats(self) -> dict[str, t.Any]:
+        consumers, channels = self._fanout.counts()
+        return {
+            "consumers": consumers,
+            "channels": channels,
+            "published": self.published,
+            "dropped": self._fanout.dropped,
+            "backend": self.name,
+        }
+
+    def ping(self) -> None:
+        """Always reachable."""
+
+    def close(self) -> None:
+        self._fanout.close_all()
+
+    def _replay(self, channels: set[str], last_event_id: str) -> list[bytes]:
+        oldest = self._history[0][0] if self._history else self._sequence + 1
+        after = self._known_sequence(last_event_id)
+        frames = []
+        if after is None or after + 1 < oldest:
+            after = oldest - 1
+            frames.append(self._missed(last_event_id, oldest))
+        unseen = itertools.islice(self._history, max(0, after + 1 - oldest), None)
+        frames.extend(frame for _, channel, frame in unseen if channel in channels)
+        return frames
+
+    def _known_sequence(self, last_event_id: str) -> int | None:
+        epoch, _, sequence = last_event_id.partition("-")
+        if epoch != self._epoch or not sequence.isdigit() or not sequence.isascii():
+            return None
+        number = int(sequence)
+        return number if number <= self._sequence else None
+
+    def _missed(self, last_event_id: str, oldest: int) -> bytes:
+        """The ``missed`` frame; its id is the position just before the oldest retained event,
+        so that a client cut off right after it resumes with the full replay."""
+        oldest_retained = f"{self._epoch}-{oldest}" if self._history else None
+        data = {"last_event_id": last_event_id, "oldest_retained": oldest_retained}
+        return encode_event(Event(data=data, event="missed", id=f"{self._epoch}-{oldest - 1}"))

@@ -1,0 +1,41 @@
+"""The demo app: the blueprint mounted at ``/`` and a page that listens to it.
+
+``sse-flask serve`` runs it. The page and its assets come from the ``templates/`` and
+``static/`` folders, installed as ``sse_flask.templates`` and ``sse_flask.static`` so that a
+non-editable ``pip install .`` still serves them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Flask, render_template
+from werkzeug.exceptions import HTTPException
+
+from .blueprint import http_error
+from .extension import SSE
+
+__all__ = ["create_app"]
+
+
+def create_app() -> Flask:
+    """Return the demo app; ``SSE_*`` settings come from the environment."""
+    app = Flask(__name__, template_folder=resource_dir("templates"), static_folder=resource_dir("static"))
+    SSE(app)
+    app.register_error_handler(HTTPException, http_error)
+
+    @app.get("/")
+    def index() -> str:
+        return render_template("index.html")
+
+    return app
+
+
+def resource_dir(name: str) -> str:
+    """The folder ``templates`` or ``static``: inside the package when installed from a
+    wheel (``sse_flask/<name>``), beside it in a source checkout or editable install."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / name, package.parent / name):
+        if folder.is_dir():
+            return str(folder)
+    raise RuntimeError(f"the folder {name!r} of sse_flask is missing; reinstall with 'pip install sse-flask'")

@@ -1,0 +1,49 @@
+"""The exceptions sse_flask raises.
+
+::
+
+    SSEError
+    ├── ConfigError            (also ValueError) a bad SSE_* setting, at start-up
+    ├── InvalidInput           (also ValueError) bad input to publish or subscribe: HTTP 400
+    │   ├── InvalidChannel     a channel name outside A-Z a-z 0-9 _ . : @ -, 1 to 128 long
+    │   └── DataTooLarge       data over SSE_MAX_DATA_BYTES: HTTP 413
+    └── BrokerUnavailable      the broker (Redis) cannot be reached: HTTP 503
+
+Event types and ids with CR, LF or NUL raise a plain :class:`ValueError` from
+:mod:`sse_flask.events`, which has no dependency on this module.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigError",
+    "DataTooLarge",
+    "InvalidChannel",
+    "InvalidInput",
+    "SSEError",
+]
+
+
+class SSEError(Exception):
+    """Base class of every exception sse_flask raises on purpose."""
+
+
+class ConfigError(SSEError, ValueError):
+    """An ``SSE_*`` setting has a value that is not allowed."""
+
+
+class InvalidInput(SSEError, ValueError):
+    """Input to publish or subscribe is not acceptable; the message says why."""
+
+
+class InvalidChannel(InvalidInput):
+    """A channel name is empty, too long, or has a character that is not allowed."""
+
+
+class DataTooLarge(InvalidInput):
+    """The encoded data is larger than ``SSE_MAX_DATA_BYTES``."""
+
+
+class BrokerUnavailable(SSEError):
+    """The broker cannot be reached, so nothing was published or replayed."""

@@ -1,0 +1,166 @@
+"""One client's stream: the WSGI response body that writes a subscription's frames.
+
+It runs outside Flask's request context (no ``stream_with_context``), so that nothing of
+Flask's request machinery is touched per event. It writes ``retry:`` and any replay first,
+then, each time it wakes, everything pending as one chunk (one write, one syscall, however
+many events arrived), and a comment when the stream has been idle for the heartbeat.
+
+Cleanup is in :meth:`EventStream.close`, which every WSGI server calls (PEP 3333) even when
+the body was never iterated, which a ``finally`` in a generator would miss. Under gunicorn's
+gevent worker a watcher on the client's socket notices a closed connection at once; under
+other servers the next heartbeat's failed write does.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+import time
+import typing as t
+
+from .broker.fanout import Subscription
+from .events import encode_comment, encode_retry
+
+if t.TYPE_CHECKING:
+    from gevent.libev.corecext import io as _IOWatcher
+
+__all__ = ["EventStream"]
+
+_HEARTBEAT = encode_comment("heartbeat")
+#: Replayed frames are written in chunks of about this size rather than all at once.
+_REPLAY_CHUNK = 256 * 1024
+
+
+class EventStream:
+    """An iterable of the frames to send to one client, closing its subscription on close.
+
+    :param subscription: from :meth:`Broker.subscribe`.
+    :param heartbeat: seconds of idleness after which a comment is sent.
+    :param retry_ms: the ``retry:`` sent first.
+    :param lifetime: close the stream after about this many seconds (with up to 10% less,
+        at random, so that clients do not all reconnect at once); 0 means never.
+    :param environ: the WSGI environ, to find the client's socket where the server has one.
+    :param on_close: called once, when the stream is closed.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        *,
+        heartbeat: float,
+        retry_ms: int,
+        lifetime: float,
+        environ: t.Mapping[str, t.Any],
+        on_close: t.Callable[[], None],
+    ) -> None:
+        self._subscription = subscription
+        self._heartbeat = heartbeat
+        self._retry_ms = retry_ms
+        self._lifetime = lifetime * random.uniform(0.9, 1.0)
+        self._on_close: t.Callable[[], None] | None = on_close
+        self._peer = _PeerWatch.start(environ, subscription)
+
+    def __iter__(self) -> t.Iterator[bytes]:
+        return self._frames()
+
+    def close(self) -> None:
+        """End the subscription and release the stream's slot; idempotent."""
+        self._subscription.close()
+        if self._peer is not None:
+            self._peer.stop()
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
+    def _frames(self) -> t.Iterator[bytes]:
+        subscription = self._subscription
+        yield from _chunks([encode_retry(self._retry_ms), *subscription.replay])
+        subscription.replay = []
+        now = last_write = time.monotonic()
+        deadline = now + self._lifetime if self._lifetime else None
+        while True:
+            timeout = last_write + self._heartbeat - now
+            if deadline is not None:
+                timeout = min(timeout, deadline - now)
+            chunk = subscription.wait(max(timeout, 0.0))
+            now = time.monotonic()
+            if chunk:
+                yield chunk
+                last_write = now
+            elif subscription.closed is not None:
+                return
+            elif self._peer is not None and self._peer.client_gone():
+                return
+            elif deadline is not None and now >= deadline:
+                return
+            elif now - last_write >= self._heartbeat:
+                yield _HEARTBEAT
+                last_write = now
+
+
+def _chunks(frames: list[bytes]) -> t.Iterator[bytes]:
+    pending: list[bytes] = []
+    size = 0
+    for frame in frames:
+        pending.append(frame)
+        size += len(frame)
+        if size >= _REPLAY_CHUNK:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+class _PeerWatch:
+    """Under gevent, wakes the stream as soon as the client's socket turns readable.
+
+    A client of an event stream sends nothing after its request, so readability almost
+    always means the connection was closed; :meth:`client_gone` peeks to make sure. It
+    also shuts the socket down when the subscription is cut off for being slow, which
+    unblocks a write that the client will never read.
+    """
+
+    def __init__(self, sock: socket.socket, subscription: Subscription, watcher: _IOWatcher) -> None:
+        self._sock = sock
+        self._subscription = subscription
+        self._watcher = watcher
+        self._readable = False
+        watcher.start(self._on_readable)
+        subscription.on_drop = self._on_drop
+
+    @classmethod
+    def start(cls, environ: t.Mapping[str, t.Any], subscription: Subscription) -> _PeerWatch | None:
+        sock = environ.get("gunicorn.socket")
+        gevent = sys.modules.get("gevent")
+        if sock is None or gevent is None or not gevent.monkey.is_module_patched("socket"):
+            return None
+        return cls(sock, subscription, gevent.get_hub().loop.io(sock.fileno(), 1))
+
+    def client_gone(self) -> bool:
+        """Whether the client closed its end; ``False`` if the socket was not readable."""
+        if not self._readable:
+            return False
+        self._readable = False
+        raw = getattr(self._sock, "_sock", self._sock)
+        try:
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            self._watcher.start(self._on_readable)
+            return False
+        except OSError:
+            return True
+
+    def stop(self) -> None:
+        self._watcher.close()
+
+    def _on_readable(self) -> None:
+        self._watcher.stop()
+        self._readable = True
+        self._subscription.wake()
+
+    def _on_drop(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
