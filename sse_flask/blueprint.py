@@ -14,11 +14,12 @@ import logging
 import re
 import typing as t
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from .errors import BrokerUnavailable, DataTooLarge, InvalidInput
 from .extension import DEFAULT_CHANNEL, _State, check_channel
+from .resources import resource_dir
 from .stream import EventStream
 
 if t.TYPE_CHECKING:
@@ -105,6 +106,12 @@ def healthz() -> Response | tuple[Response, int]:
     except BrokerUnavailable as e:
         return jsonify(status="unavailable", error=str(e)), 503
     return jsonify(status="ok")
+
+
+@blueprint.get("/sse-flask.js")
+def script() -> Response:
+    """The browser helper, ``static/sse-flask.js``, served beside the stream it talks to."""
+    return send_from_directory(resource_dir("static"), "sse-flask.js", mimetype="text/javascript")
 
 
 @blueprint.errorhandler(DataTooLarge)

@@ -7,13 +7,12 @@ non-editable ``pip install .`` still serves them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
 
 from .blueprint import http_error
 from .extension import SSE
+from .resources import resource_dir
 
 __all__ = ["create_app"]
 
@@ -29,13 +28,3 @@ def create_app() -> Flask:
         return render_template("index.html")
 
     return app
-
-
-def resource_dir(name: str) -> str:
-    """The folder ``templates`` or ``static``: inside the package when installed from a
-    wheel (``sse_flask/<name>``), beside it in a source checkout or editable install."""
-    package = Path(__file__).resolve().parent
-    for folder in (package / name, package.parent / name):
-        if folder.is_dir():
-            return str(folder)
-    raise RuntimeError(f"the folder {name!r} of sse_flask is missing; reinstall with 'pip install sse-flask'")

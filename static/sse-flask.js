@@ -1,0 +1,1 @@
+// Placeholder: replaced by the browser helper (issue 4).

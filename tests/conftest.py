@@ -1,0 +1,292 @@
+"""Fixtures for tests against real parts: gunicorn with gevent workers started through
+``sse-flask serve`` on an ephemeral port, a ``redis-server`` on a free port, and SSE
+clients we did not write (httpx-sse, sseclient-py) beside raw sockets.
+
+A missing real part (redis-server, Chromium) skips its tests locally and fails them when
+``CI=true``, so that CI never passes by skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+import httpx
+import httpx_sse
+import pytest
+import requests
+
+IN_CI = os.environ.get("CI") == "true"
+TESTS = Path(__file__).resolve().parent
+
+
+def need(what: str, available: object) -> None:
+    """Skip (locally) or fail (in CI) unless ``available``."""
+    if not available:
+        if IN_CI:
+            pytest.fail(f"{what} is missing, and CI must run every test")
+        pytest.skip(f"{what} is missing")
+
+
+def wait_until(predicate: t.Callable[[], t.Any], timeout: float = 10.0, message: str = "") -> t.Any:
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A running ``sse-flask serve`` (gunicorn, gevent workers), master in its own session."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, workers: int) -> None:
+        self.log_path = log_path
+        self.workers = workers
+        base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0", "--workers", str(workers), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**base_env, "PYTHONUNBUFFERED": "1", **env},
+                cwd=TESTS,
+                start_new_session=True,
+            )
+        try:
+            match = wait_until(self._listening, 30, "gunicorn to listen")
+            self.port = int(match.group(1))
+            self.url = f"http://127.0.0.1:{self.port}"
+            wait_until(lambda: len(self.worker_pids()) >= workers, 30, f"{workers} workers to boot")
+            wait_until(self._healthy, 30, "/healthz to answer")
+        except AssertionError as e:
+            self.stop()
+            pytest.fail(f"the server did not start ({e}); its log:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """Workers booted and not yet exited, oldest first."""
+        log = self.log()
+        exited = {int(pid) for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", log)}
+        booted = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)]
+        return [pid for pid in booted if pid not in exited and _alive(pid)]
+
+    def get(self, path: str, **kwargs: t.Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=10, **kwargs)
+
+    def post(self, path: str, **kwargs: t.Any) -> requests.Response:
+        return requests.post(self.url + path, timeout=10, **kwargs)
+
+    def say(self, data: t.Any = None, **fields: t.Any) -> str:
+        """Publish over POST /say; return the event id."""
+        response = self.post("/say", json={"data": data, **fields})
+        assert response.status_code == 200, response.text
+        return str(response.json()["id"])
+
+    def stats(self) -> dict[str, t.Any]:
+        return dict(self.get("/stats").json())
+
+    def reload(self) -> None:
+        """Graceful reload (SIGHUP): new workers boot, old ones are sent SIGTERM."""
+        old = set(self.worker_pids())
+        self.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers, 30, "workers to reload")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+    def _listening(self) -> re.Match[str] | None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"gunicorn exited with {self.process.returncode}")
+        return re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log())
+
+    def _healthy(self) -> bool:
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not status.exists() or "zombie" not in status.read_text()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
+    """Start servers: ``serve(app=None, workers=1, broker=None, env={...})``; stopped at teardown.
+
+    ``app`` is a ``MODULE:FACTORY`` import string (``apps.<name>:create_app`` for the apps in
+    ``tests/apps/``); ``env`` holds ``SSE_*`` settings for the workers.
+    """
+    servers: list[Server] = []
+
+    def start(*, app: str | None = None, workers: int = 1, broker: str | None = None, env: dict[str, str] | None = None) -> Server:
+        args = (["--app", app] if app else []) + (["--broker", broker] if broker else [])
+        server = Server(args, env or {}, tmp_path / f"gunicorn-{len(servers)}.log", workers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(serve: t.Callable[..., Server]) -> Server:
+    """The demo app on one gevent worker, with a 1 s heartbeat."""
+    return serve(env={"SSE_HEARTBEAT": "1"})
+
+
+class RedisServer:
+    """A ``redis-server`` on a free port, keeping nothing on disk, that tests may stop and restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._pong, 10, "redis-server to answer PING")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def client(self) -> t.Any:
+        import redis
+
+        return redis.Redis.from_url(self.url)
+
+    def _pong(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> t.Iterator[RedisServer]:
+    need("redis-server", shutil.which("redis-server"))
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class StreamClient:
+    """An event stream read with httpx-sse, a parser we did not write."""
+
+    def __init__(self, url: str, *, channels: t.Sequence[str] = (), last_event_id: str | None = None, params: dict[str, str] | None = None, timeout: float = 10) -> None:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        query = [("channel", channel) for channel in channels] + list((params or {}).items())
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout))
+        self._context = httpx_sse.connect_sse(self._client, "GET", url + "/events", params=query, headers=headers)
+        self.source = self._context.__enter__()
+        self.response = self.source.response
+        self._events = self.source.iter_sse()
+        self.retry: int | None = None
+
+    def take(self, count: int) -> list[httpx_sse.ServerSentEvent]:
+        """The next ``count`` events a browser would dispatch.
+
+        httpx-sse also yields a frame that only sets ``retry:``, which a browser does not
+        dispatch (it has no ``data:``); such frames are passed over.
+        """
+        events: list[httpx_sse.ServerSentEvent] = []
+        while len(events) < count:
+            event = next(self._events)
+            if event.retry is not None and not event.data and not event.id:
+                self.retry = event.retry
+                continue
+            events.append(event)
+        return events
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+        self._client.close()
+
+    def __enter__(self) -> StreamClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def stream() -> t.Iterator[t.Callable[..., StreamClient]]:
+    """Open streams: ``stream(server.url, channels=[...], last_event_id=...)``; closed at teardown."""
+    opened: list[StreamClient] = []
+
+    def open_stream(url: str, **kwargs: t.Any) -> StreamClient:
+        client = StreamClient(url, **kwargs)
+        opened.append(client)
+        return client
+
+    yield open_stream
+    for client in opened:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+class RawStream:
+    """A stream read over a plain socket, for exact bytes and for clients that misbehave."""
+
+    def __init__(self, port: int, path: str = "/events", headers: dict[str, str] | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in (headers or {}).items()), "", ""]
+        self.sock.sendall("\r\n".join(lines).encode())
+        self.received = b""
+
+    def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
+        """Read until ``marker`` has been received; return everything received so far."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.received:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(f"timed out waiting for {marker!r}; received {self.received[-500:]!r}") from None
+            if not chunk:
+                raise AssertionError(f"connection closed before {marker!r}; received {self.received[-500:]!r}")
+            self.received += chunk
+        return self.received
+
+    def close(self) -> None:
+        self.sock.close()
