@@ -7,6 +7,7 @@ speak plain HTTP with the standard library, so they need nothing beyond click.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -69,13 +70,17 @@ def serve(bind: str, workers: int, broker: str | None, app_uri: str) -> None:
 @click.option("--event", help="Event type; default 'message'.")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Publish each line read from standard input.")
 @click.option("--token", envvar="SSE_PUBLISH_TOKEN", help="Bearer token, if the server requires one.")
-def say(message: str | None, url: str, channel: str | None, event: str | None, from_stdin: bool, token: str | None) -> None:
+@click.option("--broker", help="Publish straight to this redis:// broker instead of over HTTP.")
+def say(
+    message: str | None, url: str, channel: str | None, event: str | None, from_stdin: bool, token: str | None, broker: str | None
+) -> None:
     """Publish MESSAGE, or each line of standard input with --stdin; prints each event's id."""
     if (message is None) == (not from_stdin):
         raise click.UsageError("give either MESSAGE or --stdin")
+    publish = _broker_publisher(broker) if broker else functools.partial(_publish_over_http, url, token=token)
     lines = (line.rstrip("\r\n") for line in sys.stdin) if from_stdin else [t.cast(str, message)]
     for line in lines:
-        click.echo(_publish_over_http(url, {"data": line, "event": event, "channel": channel}, token))
+        click.echo(publish(line, event=event, channel=channel))
 
 
 @main.command()
@@ -167,6 +172,8 @@ def _close_streams_on_term(worker: Worker) -> None:
         gevent.spawn(close_all_streams)
 
     signal.signal(signal.SIGTERM, on_term)
+    # gunicorn logs "Booting worker" before the app loads; this says the worker serves.
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
 
 
 def _is_loopback(bind: str) -> bool:
@@ -187,7 +194,33 @@ def _raise_open_files_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _publish_over_http(url: str, fields: dict[str, t.Any], token: str | None) -> str:
+def _broker_publisher(broker_url: str) -> t.Callable[..., str]:
+    """``publish`` of an app that only holds the broker, so that the same checks apply as
+    for a publish from a view (channel, event type, SSE_MAX_DATA_BYTES from the environment)."""
+    from flask import Flask
+
+    from .errors import BrokerUnavailable, ConfigError
+    from .extension import SSE
+
+    app = Flask("sse_flask.say")
+    app.config["SSE_BROKER_URL"] = broker_url
+    try:
+        sse = SSE(app)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--broker") from None
+
+    def publish(data: str, *, event: str | None, channel: str | None) -> str:
+        try:
+            with app.app_context():
+                return sse.publish(data, event=event, channel=channel)
+        except (ValueError, BrokerUnavailable) as e:
+            raise click.ClickException(str(e)) from None
+
+    return publish
+
+
+def _publish_over_http(url: str, data: str, *, event: str | None, channel: str | None, token: str | None) -> str:
+    fields = {"data": data, "event": event, "channel": channel}
     body = json.dumps({key: value for key, value in fields.items() if value is not None}).encode()
     headers = {"Content-Type": "application/json"}
     if token:

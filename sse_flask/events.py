@@ -123,8 +123,12 @@ def encode_retry(milliseconds: int) -> bytes:
 
 
 def encode_comment(text: str = "") -> bytes:
-    """Encode a comment frame: clients ignore it, proxies see traffic on the connection."""
-    return (": " + check_field("comment", text) + "\n\n").encode("utf-8")
+    """Encode a comment line: clients ignore it, proxies see traffic on the connection.
+
+    It has no blank line after it: none is needed, and some clients (httpx-sse) would
+    wrongly dispatch an empty event for one.
+    """
+    return (": " + check_field("comment", text) + "\n").encode("utf-8")
 
 
 def _retry_line(milliseconds: int) -> str:

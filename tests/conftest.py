@@ -85,11 +85,15 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> list[int]:
-        """Workers booted and not yet exited, oldest first."""
+        """Workers serving (app loaded, signal handlers set) and not yet exited, oldest first.
+
+        A worker that gunicorn has forked but not finished booting would lose a SIGTERM,
+        so only workers that have logged "Worker ready" count.
+        """
         log = self.log()
         exited = {int(pid) for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", log)}
-        booted = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)]
-        return [pid for pid in booted if pid not in exited and _alive(pid)]
+        ready = [int(pid) for pid in re.findall(r"Worker ready \(pid: (\d+)\)", log)]
+        return [pid for pid in ready if pid not in exited and _alive(pid)]
 
     def get(self, path: str, **kwargs: t.Any) -> requests.Response:
         return requests.get(self.url + path, timeout=10, **kwargs)
@@ -274,10 +278,11 @@ class RawStream:
         self.sock.sendall("\r\n".join(lines).encode())
         self.received = b""
 
-    def read_until(self, marker: bytes, timeout: float = 10) -> bytes:
-        """Read until ``marker`` has been received; return everything received so far."""
+    def read_until(self, marker: bytes, timeout: float = 10, count: int = 1) -> bytes:
+        """Read until ``marker`` has been received ``count`` times; return everything
+        received so far."""
         deadline = time.monotonic() + timeout
-        while marker not in self.received:
+        while self.received.count(marker) < count:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
                 chunk = self.sock.recv(65536)

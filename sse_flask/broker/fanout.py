@@ -32,7 +32,7 @@ class Subscription:
     :attr closed: ``None`` while open, else why the subscription ended.
     """
 
-    __slots__ = ("channels", "replay", "closed", "on_drop", "_frames", "_wakeup", "_limit", "_fanout")
+    __slots__ = ("channels", "replay", "closed", "on_drop", "skip_until", "_frames", "_wakeup", "_limit", "_fanout")
 
     def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
         self.channels = tuple(channels)
@@ -41,6 +41,9 @@ class Subscription:
         #: Called, with the fan-out lock held, when the subscription is cut off for falling
         #: behind; the stream uses it to unblock a write to a client that does not read.
         self.on_drop: t.Callable[[], None] | None = None
+        #: Live frames at or before this position are not delivered: the client already has
+        #: them (it resumed from a position this process had not reached yet).
+        self.skip_until: t.Any = None
         self._frames: collections.deque[bytes] = collections.deque()
         self._wakeup = threading.Event()
         self._limit = limit
@@ -94,12 +97,20 @@ class Fanout:
         self._count += 1
         return subscription
 
-    def deliver(self, channel: str, frame: bytes) -> None:
-        """Offer ``frame`` to every subscriber of ``channel``. The caller holds :attr:`lock`."""
+    def deliver(self, channel: str, frame: bytes, position: t.Any = None) -> None:
+        """Offer ``frame`` to every subscriber of ``channel``. The caller holds :attr:`lock`.
+
+        :param position: where the frame stands in the broker's order, compared with
+            :attr:`Subscription.skip_until` by brokers that set it.
+        """
         subscribers = self._channels.get(channel)
         if not subscribers:
             return
-        slow = [subscription for subscription in subscribers if not subscription.offer(frame)]
+        slow = [
+            subscription
+            for subscription in subscribers
+            if (subscription.skip_until is None or position > subscription.skip_until) and not subscription.offer(frame)
+        ]
         for subscription in slow:
             self.dropped += 1
             self._unregister(subscription, SLOW)

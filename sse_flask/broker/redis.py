@@ -1,0 +1,289 @@
+"""The Redis broker: one Redis stream holds the history of every channel, shared by every
+worker and host.
+
+Cost is per process, not per client: one reader connection follows the stream with
+``XREAD BLOCK`` and fans each entry out locally to this process's subscriptions, and a
+small bounded pool serves publishes and replays. (flask-sse opens a pub/sub connection per
+browser instead, and runs out of connections at scale.)
+
+Each entry holds its channel, its frame encoded once without an id, and the *epoch*: a
+token stored in Redis beside the stream and drawn afresh when Redis has lost it (a restart
+without persistence). Event ids are ``<epoch>-<stream id>``, so an id from a Redis that has
+since lost its data is recognised as unknown and answered with ``event: missed``.
+
+Deliberate divergences:
+
+- The stream is trimmed with an approximate ``MAXLEN`` (cheap for Redis), never below 100
+  entries so that a reader briefly behind does not lose live events; so somewhat more than
+  ``SSE_HISTORY`` events may be retained, and replayed.
+- Needs Redis 7 or later, for ``XINFO STREAM``'s ``max-deleted-entry-id``, which tells
+  exactly whether a resumed id has been trimmed away.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import typing as t
+
+from ..errors import BrokerUnavailable
+from ..events import Event, encode_event, prefix_id
+from .fanout import Fanout, Subscription
+
+if t.TYPE_CHECKING:
+    import redis as _redis
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger("sse_flask")
+
+STREAM_KEY = "sse_flask:events"
+EPOCH_KEY = "sse_flask:epoch"
+_MIN_RETAINED = 100
+_BLOCK_MS = 1000
+_POOL_SIZE = 8
+_STREAM_ID = re.compile(r"(\d+)-(\d+)")
+
+# Get or create the epoch, and append, in one step: no publish can slip between a Redis
+# restart and the new epoch.
+_PUBLISH = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[2], epoch)
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', ARGV[2], 'e', epoch, 'f', ARGV[4])
+return {epoch, id}
+"""
+
+Position = tuple[int, int]
+
+
+class RedisBroker:
+    """Publish through Redis and fan out to this process's streams.
+
+    :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+    :param history: events to retain for ``Last-Event-ID`` resume.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, *, history: int) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise RuntimeError("SSE_BROKER_URL names Redis, which needs: pip install 'sse-flask[redis]'") from None
+        self.url = url
+        self.published = 0
+        self._maxlen = max(history, _MIN_RETAINED)
+        self._fanout = Fanout()
+        self._cursor: Position | None = None
+        self._reader_pid: int | None = None
+        self._closing = False
+        self._pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=_POOL_SIZE, timeout=5, socket_connect_timeout=2, socket_timeout=5
+        )
+        self._redis = redis.Redis(connection_pool=self._pool)
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._reader: _redis.Redis | None = None
+
+    def publish(self, channel: str, frame: bytes) -> str:
+        """Append ``frame`` to the stream; every worker's reader delivers it."""
+        import redis
+
+        try:
+            epoch, stream_id = self._publish(
+                keys=[STREAM_KEY, EPOCH_KEY], args=[self._maxlen, channel, secrets.token_hex(4), frame]
+            )
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
+        self.published += 1
+        return f"{epoch.decode()}-{stream_id.decode()}"
+
+    def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
+        """Subscribe, replaying from Redis what followed ``last_event_id``.
+
+        The subscription is registered first, at the reader's current position: entries up
+        to that position come from the replay, later ones live, so none is lost or doubled.
+        """
+        self._start_reader()
+        with self._fanout.lock:
+            subscription = self._fanout.new(channels, queue_size)
+            split = self._cursor
+        if last_event_id is not None:
+            try:
+                self._replay(subscription, last_event_id, split)
+            except BaseException:
+                subscription.close()
+                raise
+        return subscription
+
+    def stats(self) -> dict[str, t.Any]:
+        consumers, channels = self._fanout.counts()
+        return {
+            "consumers": consumers,
+            "channels": channels,
+            "published": self.published,
+            "dropped": self._fanout.dropped,
+            "backend": self.name,
+        }
+
+    def ping(self) -> None:
+        import redis
+
+        try:
+            self._redis.ping()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {e}") from e
+
+    def close(self) -> None:
+        """End every subscription; the reader stops within one ``XREAD`` block."""
+        self._closing = True
+        self._fanout.close_all()
+        self._pool.disconnect()
+
+    def _replay(self, subscription: Subscription, last_event_id: str, split: Position | None) -> None:
+        import redis
+
+        epoch, _, stream_id = last_event_id.partition("-")
+        after = _parse(stream_id)
+        channels = set(subscription.channels)
+        candidate = secrets.token_hex(4)
+        try:
+            # One atomic snapshot: the epoch (created if Redis has none yet, so that the
+            # missed frame's id has one), what has been trimmed, and what followed the id.
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(EPOCH_KEY, candidate, nx=True, get=True)
+                pipe.xinfo_stream(STREAM_KEY)
+                if after is not None:
+                    pipe.xrange(STREAM_KEY, f"({_format(after)}", _format(split) if split else "+")
+                answers = pipe.execute(raise_on_error=False)
+            current_epoch = answers[0].decode() if answers[0] else candidate
+            info = answers[1] if not isinstance(answers[1], Exception) else {}
+            deleted = _parse(_text(info.get("max-deleted-entry-id", b"0-0"))) or (0, 0)
+            last = _parse(_text(info.get("last-generated-id", b"0-0"))) or (0, 0)
+            known = epoch == current_epoch and after is not None and deleted <= after <= last
+            if known:
+                entries = answers[2]
+                if isinstance(entries, Exception):
+                    raise entries
+            else:
+                entries = self._redis.xrange(STREAM_KEY, "-", _format(split) if split else "+")
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
+        frames = []
+        if not known:
+            first = _parse(entries[0][0].decode()) if entries else None
+            # Resuming after this id replays everything retained now: the position before
+            # the first entry, or, with none, before anything yet to come.
+            before_first = _before(first) if first else min(split or last, last)
+            frames.append(
+                encode_event(
+                    Event(
+                        data={
+                            "last_event_id": last_event_id,
+                            "oldest_retained": f"{current_epoch}-{_format(first)}" if first else None,
+                        },
+                        event="missed",
+                        id=f"{current_epoch}-{_format(before_first)}",
+                    )
+                )
+            )
+        elif split is None or (after is not None and after > split):
+            # The client has seen further than this process's reader: skip what it has.
+            subscription.skip_until = after
+        for stream_id_bytes, fields in entries:
+            if fields[b"c"].decode() in channels:
+                frames.append(_frame(stream_id_bytes, fields))
+        subscription.replay = frames
+
+    def _start_reader(self) -> None:
+        """Start this process's reader on first use (and again after a fork)."""
+        pid = os.getpid()
+        if self._reader_pid == pid:
+            return
+        with self._fanout.lock:
+            if self._reader_pid == pid:
+                return
+            self._reader_pid = pid
+        import redis
+
+        self._reader = redis.Redis.from_url(
+            self.url, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5, single_connection_client=True
+        )
+        try:
+            self._cursor = self._last_generated()
+        except redis.RedisError:
+            self._cursor = None
+        threading.Thread(target=self._read, name="sse-flask redis reader", daemon=True).start()
+
+    def _read(self) -> None:
+        """Follow the stream and deliver each entry, reconnecting with backoff on errors
+        and resuming after the last entry read, so that nothing Redis accepted is missed."""
+        import redis
+
+        assert self._reader is not None
+        backoff = 0.05
+        while not self._closing:
+            try:
+                if self._cursor is None:
+                    self._cursor = self._last_generated()
+                response = self._reader.xread({STREAM_KEY: _format(self._cursor)}, count=500, block=_BLOCK_MS)
+            except redis.RedisError as e:
+                if self._closing:
+                    return
+                if backoff == 0.05:
+                    log.warning("lost Redis at %s (%s); reconnecting", self._safe_url(), e)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if backoff != 0.05:
+                log.warning("reconnected to Redis at %s", self._safe_url())
+                backoff = 0.05
+            for _, entries in response or ():
+                with self._fanout.lock:
+                    for stream_id, fields in entries:
+                        position = _parse(stream_id.decode())
+                        self._cursor = position
+                        self._fanout.deliver(fields[b"c"].decode(), _frame(stream_id, fields), position)
+        self._reader.close()
+
+    def _last_generated(self) -> Position:
+        import redis
+
+        try:
+            info = self._reader.xinfo_stream(STREAM_KEY) if self._reader else {}
+        except redis.ResponseError:
+            return (0, 0)
+        return _parse(_text(info["last-generated-id"])) or (0, 0)
+
+    def _safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        return re.sub(r"//[^@/]*@", "//***@", self.url)
+
+
+def _frame(stream_id: bytes, fields: dict[bytes, bytes]) -> bytes:
+    return prefix_id(fields[b"f"], f"{fields[b'e'].decode()}-{stream_id.decode()}")
+
+
+def _text(value: t.Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse(stream_id: str) -> Position | None:
+    match = _STREAM_ID.fullmatch(stream_id)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def _format(position: Position) -> str:
+    return f"{position[0]}-{position[1]}"
+
+
+def _before(position: Position) -> Position:
+    """The greatest stream id below ``position``."""
+    milliseconds, sequence = position
+    return (milliseconds, sequence - 1) if sequence else (milliseconds - 1, 2**64 - 1)

@@ -1,0 +1,295 @@
+"""The Redis broker across real gunicorn workers and hosts, against a real redis-server
+that the tests stop and restart: fan-out to every worker, resume anywhere, constant Redis
+connections, and faults (Redis restarted, a worker SIGKILLed)."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import typing as t
+
+import httpx_sse._decoders as sse_decoders
+import pytest
+import requests
+
+from conftest import RawStream, RedisServer, Server, StreamClient, wait_until
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(autouse=True)
+def _enough_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+
+
+class RawClients:
+    """Many streams read in one thread: HTTP/1.0 requests (so the body is the bare event
+    stream, no chunked framing) parsed with httpx-sse's decoder, a parser we did not write."""
+
+    def __init__(self, port: int, count: int, path: str = "/events") -> None:
+        self.selector = selectors.DefaultSelector()
+        self.events: list[list[sse_decoders.ServerSentEvent]] = []
+        for index in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            sock.setblocking(False)
+            state = {"index": index, "head": b"", "body": False, "text": codecs.getincrementaldecoder("utf-8")(),
+                     "lines": sse_decoders.SSELineDecoder(), "sse": sse_decoders.SSEDecoder()}
+            self.selector.register(sock, selectors.EVENT_READ, state)
+            self.events.append([])
+
+    def read(self, until: t.Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not until():
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"timed out; events per stream: {sorted({len(e) for e in self.events})}"
+            for key, _ in self.selector.select(min(remaining, 0.5)):
+                chunk = key.fileobj.recv(262144)  # type: ignore[union-attr]
+                assert chunk, f"stream {key.data['index']} closed early"
+                self._feed(key.data, chunk)
+
+    def data(self, index: int) -> list[str]:
+        return [event.data for event in self.events[index] if event.data]
+
+    def close(self) -> None:
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self.selector.close()
+
+    def _feed(self, state: dict[str, t.Any], chunk: bytes) -> None:
+        if not state["body"]:
+            state["head"] += chunk
+            if b"\r\n\r\n" not in state["head"]:
+                return
+            head, _, chunk = state["head"].partition(b"\r\n\r\n")
+            assert head.split(b" ", 2)[1] == b"200", head
+            state["body"] = True
+        for line in state["lines"].decode(state["text"].decode(chunk)):
+            event = state["sse"].decode(line)
+            if event is not None and event.data:
+                self.events[state["index"]].append(event)
+
+
+@pytest.fixture
+def raw_clients() -> t.Iterator[t.Callable[..., RawClients]]:
+    """Open many raw streams: ``raw_clients(port, count)``; closed at teardown."""
+    opened: list[RawClients] = []
+
+    def open_clients(port: int, count: int) -> RawClients:
+        clients = RawClients(port, count)
+        opened.append(clients)
+        return clients
+
+    yield open_clients
+    for clients in opened:
+        clients.close()
+
+
+def socket_counts(server: Server) -> dict[int, int]:
+    """Open sockets per worker, from /proc."""
+    counts = {}
+    for pid in server.worker_pids():
+        fds = f"/proc/{pid}/fd"
+        counts[pid] = sum(1 for fd in os.listdir(fds) if _link(f"{fds}/{fd}").startswith("socket:"))
+    return counts
+
+
+def _link(path: str) -> str:
+    """Where a /proc fd link points, or "" if the fd was closed meanwhile."""
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return ""
+
+
+def test_every_stream_on_every_worker_gets_each_event_once_in_order(serve: t.Callable[..., Server], redis_server: RedisServer, raw_clients: t.Callable[..., RawClients]) -> None:
+    """400 streams over 4 workers each receive all 100 events exactly once, in one order."""
+    server = serve(workers=4, broker=redis_server.url)
+    before = socket_counts(server)
+    clients = raw_clients(server.port, 400)
+    wait_until(lambda: sum(socket_counts(server).values()) - sum(before.values()) >= 400, 30, "400 streams")
+    spread = {pid: count - before.get(pid, 0) for pid, count in socket_counts(server).items()}
+    assert sum(1 for added in spread.values() if added >= 20) >= 2, f"streams not spread over workers: {spread}"
+    sent = [f"event {n}" for n in range(100)]
+    session = requests.Session()
+    for data in sent:
+        assert session.post(server.url + "/say", json={"data": data}, timeout=10).status_code == 200
+    clients.read(lambda: all(len(events) >= 100 for events in clients.events), 60)
+    for index in range(400):
+        assert clients.data(index) == sent
+    ids = [event.id for event in clients.events[0]]
+    assert all(clients.events[i][n].id == ids[n] for i in range(400) for n in range(100))
+
+
+def redis_clients(redis_server: RedisServer) -> int:
+    """Connections Redis holds, less the one asking."""
+    return len(redis_server.client().client_list()) - 1
+
+
+def test_redis_connections_per_worker_do_not_grow_with_streams(serve: t.Callable[..., Server], redis_server: RedisServer, raw_clients: t.Callable[..., RawClients]) -> None:
+    """One worker holds the same number of Redis connections with 10 and with 1,000 streams."""
+    server = serve(broker=redis_server.url)
+    opened = 0
+
+    def exercise(clients: RawClients) -> None:
+        nonlocal opened
+        opened += len(clients.events)
+        wait_until(lambda: server.stats()["consumers"] == opened, 30, f"{opened} streams")
+        first = server.say("warm-up")
+        clients.read(lambda: all(events for events in clients.events), 30)
+        with StreamClient(server.url, last_event_id=first) as resumed:
+            server.say("resumed")
+            assert [event.data for event in resumed.take(1)] == ["resumed"]
+
+    exercise(raw_clients(server.port, 10))
+    with_ten = redis_clients(redis_server)
+    exercise(raw_clients(server.port, 990))
+    with_thousand = redis_clients(redis_server)
+    assert with_ten == with_thousand
+    assert with_thousand <= 1 + 8, "one reader and a pool of at most 8"
+
+
+def test_resume_on_another_host_after_events_published_elsewhere(serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]) -> None:
+    """Two gunicorn instances (two hosts) share Redis: a publish on one reaches streams on
+    the other, and a client resumes on either with nothing lost."""
+    host_a = serve(broker=redis_server.url)
+    host_b = serve(broker=redis_server.url)
+    on_b = stream(host_b.url, channels=["news"])
+    first = host_a.say("one", channel="news")
+    [event] = on_b.take(1)
+    assert (event.data, event.id) == ("one", first)
+    on_b.close()
+    missed = [host_a.say(f"while away {n}", channel="news") for n in range(5)]
+    host_a.say("elsewhere", channel="other")
+    resumed = stream(host_b.url, channels=["news"], last_event_id=first)
+    host_a.say("live", channel="news")
+    events = resumed.take(6)
+    assert [e.id for e in events[:5]] == missed
+    assert [e.data for e in events] == [f"while away {n}" for n in range(5)] + ["live"]
+
+
+def worker_of(server: Server, client: StreamClient) -> int:
+    """The worker that holds ``client``'s connection, found through /proc/net/tcp."""
+    sock = client.response.extensions["network_stream"].get_extra_info("socket")
+    local = f"0100007F:{server.port:04X}"
+    remote = f"0100007F:{sock.getsockname()[1]:04X}"
+    with open("/proc/net/tcp") as table:
+        inode = next(row.split()[9] for row in table if row.split()[1:3] == [local, remote])
+    for pid in server.worker_pids():
+        fds = f"/proc/{pid}/fd"
+        if any(_link(f"{fds}/{fd}") == f"socket:[{inode}]" for fd in os.listdir(fds)):
+            return pid
+    raise AssertionError("no worker holds the stream")
+
+
+def test_client_resumes_on_another_worker_after_sigkill(serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]) -> None:
+    """SIGKILL the worker holding a stream; publishes go on through the other worker, and
+    the client, reconnecting with Last-Event-ID, gets every one in order, no duplicates."""
+    server = serve(workers=2, broker=redis_server.url)
+    client = stream(server.url)
+    last = server.say("before")
+    assert [e.data for e in client.take(1)] == ["before"]
+    victim = worker_of(server, client)
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(Exception):
+        client.take(1)
+    published = []
+    for n in range(10):
+        published.append(server.say(f"meanwhile {n}"))
+    wait_until(lambda: len(server.worker_pids()) == 2 and victim not in server.worker_pids(), 30, "a replacement worker")
+    resumed = stream(server.url, last_event_id=last)
+    published.append(server.say("after"))
+    events = resumed.take(11)
+    assert [e.id for e in events] == published
+    assert [e.data for e in events] == [f"meanwhile {n}" for n in range(10)] + ["after"]
+
+
+def test_redis_restart_midstream(serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]) -> None:
+    """Redis stopped: /say answers 503 (nothing was sent), /healthz 503, the open stream
+    stays open with heartbeats. Redis back: publishes are delivered to that same stream."""
+    server = serve(broker=redis_server.url, env={"SSE_HEARTBEAT": "0.3"})
+    client = stream(server.url)
+    server.say("before")
+    assert [e.data for e in client.take(1)] == ["before"]
+    redis_server.stop()
+    during = server.post("/say", json={"data": "during"})
+    assert during.status_code == 503
+    assert "nothing was sent" in during.json()["error"]
+    health = server.get("/healthz")
+    assert health.status_code == 503 and health.json()["error"]
+    # Open streams stay open: heartbeats keep arriving while Redis is away.
+    raw = RawStream(server.port)
+    try:
+        raw.read_until(b": heartbeat", count=3)
+    finally:
+        raw.close()
+    redis_server.start()
+    wait_until(lambda: server.get("/healthz").status_code == 200, 20, "/healthz to recover")
+    after = [server.say(f"after {n}") for n in range(3)]
+    events = client.take(3)
+    assert [e.id for e in events] == after
+    assert [e.data for e in events] == ["after 0", "after 1", "after 2"]
+
+
+def test_publish_from_other_processes(serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]) -> None:
+    """`sse-flask say --broker` and a script calling sse.publish outside any request both
+    reach a stream, without going through HTTP."""
+    server = serve(broker=redis_server.url)
+    client = stream(server.url, channels=["jobs"])
+    cli = subprocess.run(
+        [sys.executable, "-m", "sse_flask", "say", "from the cli", "--broker", redis_server.url, "--channel", "jobs", "--event", "done"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert cli.returncode == 0, cli.stderr
+    script = (
+        "from flask import Flask\n"
+        "from sse_flask import SSE\n"
+        "app = Flask('worker')\n"
+        "sse = SSE(app)\n"
+        "print(sse.publish({'job': 7}, event='done', channel='jobs'))\n"
+    )
+    task = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "SSE_BROKER_URL": redis_server.url})
+    assert task.returncode == 0, task.stderr
+    events = client.take(2)
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("done", "from the cli", cli.stdout.strip()),
+        ("done", '{"job":7}', task.stdout.strip()),
+    ]
+
+
+def test_publish_from_threads_in_a_worker_process(redis_server: RedisServer) -> None:
+    """sse.publish from many OS threads of one process, outside requests, with Redis."""
+    from flask import Flask
+
+    from sse_flask import SSE
+
+    app = Flask("threads")
+    app.config["SSE_BROKER_URL"] = redis_server.url
+    sse = SSE(app)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        for i in range(20):
+            event_id = sse.publish(f"{n}-{i}", channel="threads")
+            with lock:
+                ids.append(event_id)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 160
+    app.extensions["sse"].broker.close()
