@@ -15,7 +15,7 @@ import re
 import typing as t
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .errors import BrokerUnavailable, DataTooLarge, InvalidInput
 from .extension import DEFAULT_CHANNEL, _State, check_channel
@@ -144,7 +144,7 @@ def _internal(e: Exception) -> Response:
 def http_error(e: HTTPException) -> Response:
     """Answer a werkzeug HTTP error as JSON; the demo app uses it for all its routes."""
     response = _error(e.code or 500, e.description or e.name)
-    if e.code == 405 and e.valid_methods:
+    if isinstance(e, MethodNotAllowed) and e.valid_methods:
         response.headers["Allow"] = ", ".join(e.valid_methods)
     return response
 

@@ -244,7 +244,7 @@ class RedisBroker:
             if backoff != 0.05:
                 log.warning("reconnected to Redis at %s", self._safe_url())
                 backoff = 0.05
-            for _, entries in response or ():
+            for _, entries in t.cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", response or []):
                 with self._fanout.lock:
                     for stream_id, fields in entries:
                         position = _parse(stream_id.decode())
