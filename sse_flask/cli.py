@@ -36,7 +36,7 @@ GUNICORN_SETTINGS: dict[str, t.Any] = {
     # Each open stream holds one of a worker's connections; gunicorn's default is 1000.
     "worker_connections": 10000,
     # Seconds a stopping worker waits for open requests. Streams are closed as soon as the
-    # worker is told to stop (see _close_streams_on_term), so this only bounds stragglers.
+    # worker is told to stop (see post_worker_init), so this only bounds stragglers.
     "graceful_timeout": 10,
     "keepalive": 5,
     # gunicornc is not used; without this, two servers on one machine share a socket path.
@@ -131,7 +131,7 @@ class _Server:
                 for key, value in options.items():
                     if key in self.cfg.settings:
                         self.cfg.set(key, value)
-                self.cfg.set("post_worker_init", _close_streams_on_term)
+                self.cfg.set("post_worker_init", post_worker_init)
 
             def load(self) -> Flask:
                 return _load_app(app_uri, options["bind"])
@@ -156,8 +156,8 @@ def _load_app(app_uri: str, bind: str) -> Flask:
     return app
 
 
-def _close_streams_on_term(worker: Worker) -> None:
-    """Make SIGTERM (a graceful stop or reload) also end this worker's open streams, so
+def post_worker_init(worker: Worker) -> None:
+    """gunicorn hook: make SIGTERM (a graceful stop or reload) also end this worker's open streams, so
     that its clients reconnect to another worker at once instead of hanging until the
     graceful timeout."""
     import gevent

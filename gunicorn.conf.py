@@ -1,0 +1,13 @@
+"""gunicorn settings for an sse-flask app run with plain gunicorn, the same as
+``sse-flask serve`` uses::
+
+    gunicorn -c gunicorn.conf.py 'yourapp:create_app()'
+
+gevent workers with room for 10,000 streams each, and open streams closed as soon as a
+worker is told to stop, so that browsers reconnect to the new workers at once.
+"""
+
+from sse_flask.cli import GUNICORN_SETTINGS, post_worker_init  # noqa: F401 (a gunicorn hook)
+
+globals().update(GUNICORN_SETTINGS)
+bind = "127.0.0.1:8080"
