@@ -10,6 +10,7 @@ setup(
     extras_require={
         "redis": ["redis>=5"],
         "test": [
+            "wheel",
             "redis>=5",
             "pytest>=8",
             "pytest-timeout>=2.3",

@@ -15,7 +15,7 @@ import re
 import typing as t
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from .errors import BrokerUnavailable, DataTooLarge, InvalidInput
 from .extension import DEFAULT_CHANNEL, _State, check_channel
@@ -149,6 +149,16 @@ def http_error(e: HTTPException) -> Response:
     return response
 
 
+def json_method_not_allowed(e: MethodNotAllowed) -> Response | MethodNotAllowed:
+    """An app-wide 405 handler: JSON on the blueprint's routes, the app's usual answer elsewhere.
+
+    Flask does not pass routing errors to a blueprint's own handlers, so ``init_app``
+    registers this one on the app, unless the app handles 405 itself.
+    """
+    routes = {rule.rule for rule in current_app.url_map.iter_rules() if rule.endpoint.startswith("sse.")}
+    return http_error(e) if request.path in routes else e
+
+
 def enable_cors(app: Flask, settings: Settings) -> None:
     """Let the browsers of ``SSE_CORS_ORIGINS`` open streams and publish."""
     from flask_cors import CORS
@@ -186,10 +196,18 @@ def _token_ok(token: str | None) -> bool:
 def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
     """``data``, ``event`` and ``channel`` from a JSON object or form fields."""
     # Room for JSON escapes and white space around the largest data allowed.
-    request.max_content_length = 8 * settings.max_data_bytes + 65536
+    limit = request.max_content_length = 8 * settings.max_data_bytes + 65536
+    try:
+        body = request.get_data(cache=True)
+        form = request.form
+    except RequestEntityTooLarge:
+        raise DataTooLarge(
+            f"the request body is over {limit} bytes, the most /say reads for data of up to "
+            f"{settings.max_data_bytes} bytes (SSE_MAX_DATA_BYTES)"
+        ) from None
     if request.is_json:
         try:
-            fields = json.loads(request.get_data(cache=False))
+            fields = json.loads(body)
         except (ValueError, RecursionError) as e:
             raise InvalidInput(f"the body is not valid JSON: {e}") from None
         if not isinstance(fields, dict):
@@ -198,7 +216,7 @@ def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
             raise InvalidInput("the JSON body has no field 'data'")
         data = fields["data"]
     else:
-        fields = request.form
+        fields = form
         data = fields.get("data", fields.get("msg"))
         if data is None:
             raise InvalidInput("send the field 'data' as JSON (Content-Type: application/json) or as a form field")

@@ -70,12 +70,14 @@ def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -
         cast, what = _CASTS[key]
         try:
             values[key[4:].lower()] = cast(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key} (from {source}) must be {what}, got {value!r}") from None
     return Settings(**values)
 
 
-def _number(minimum: float, *, integer: bool) -> t.Callable[[t.Any], t.Any]:
+def _number(minimum: float, *, integer: bool, above: bool = False) -> t.Callable[[t.Any], t.Any]:
+    """A cast to a finite number of at least (``above``: more than) ``minimum``."""
+
     def cast(value: t.Any) -> t.Any:
         if isinstance(value, bool):
             raise TypeError(value)
@@ -84,7 +86,7 @@ def _number(minimum: float, *, integer: bool) -> t.Callable[[t.Any], t.Any]:
         number = int(value) if integer else float(value)
         if integer and isinstance(value, float) and value != number:
             raise ValueError(value)
-        if not minimum <= number < math.inf:
+        if not minimum <= number < math.inf or (above and number == minimum):
             raise ValueError(value)
         return number
 
@@ -125,7 +127,7 @@ def _origins(value: t.Any) -> tuple[str, ...]:
 _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_URL_PREFIX": (_url_prefix, "empty or a path starting with '/', such as '/sse'"),
     "SSE_BROKER_URL": (_broker_url, "unset or a redis://, rediss:// or unix:// URL"),
-    "SSE_HEARTBEAT": (_number(0.01, integer=False), "a number of seconds greater than 0"),
+    "SSE_HEARTBEAT": (_number(0, integer=False, above=True), "a number of seconds greater than 0"),
     "SSE_RETRY_MS": (_number(0, integer=True), "a whole number of milliseconds, 0 or more"),
     "SSE_HISTORY": (_number(0, integer=True), "a whole number of events, 0 or more"),
     "SSE_QUEUE_SIZE": (_number(1, integer=True), "a whole number of events, 1 or more"),

@@ -20,8 +20,8 @@ __all__ = ["create_app"]
 def create_app() -> Flask:
     """Return the demo app; ``SSE_*`` settings come from the environment."""
     app = Flask(__name__, template_folder=resource_dir("templates"), static_folder=resource_dir("static"))
-    SSE(app)
     app.register_error_handler(HTTPException, http_error)
+    SSE(app)
 
     @app.get("/")
     def index() -> str:

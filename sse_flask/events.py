@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import reprlib
 import typing as t
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
 DEFAULT_EVENT = "message"
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
 
 
@@ -69,7 +71,7 @@ def encode_data(data: t.Any) -> str:
         try:
             text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as e:
-            raise ValueError(f"data must be a string or a JSON value, got {data!r:.80}: {e}") from None
+            raise ValueError(f"data must be a string or a JSON value, got {_quote(data)}: {e}") from None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -88,6 +90,11 @@ def check_field(name: str, value: str) -> str:
         raise ValueError(f"{name} must not contain CR, LF or NUL: {value!r:.80}")
     if name == "event type" and not value:
         raise ValueError("event type must not be empty")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} must be valid Unicode text: {value!r:.80}") from None
     return value
 
 
@@ -129,6 +136,15 @@ def encode_comment(text: str = "") -> bytes:
     wrongly dispatch an empty event for one.
     """
     return (": " + check_field("comment", text) + "\n").encode("utf-8")
+
+
+def _quote(data: t.Any) -> str:
+    """``data`` quoted for a message: cut short, and bounded in depth for deeply nested data,
+    whose plain ``repr`` would itself recurse too deep."""
+    try:
+        return f"{data!r:.80}"
+    except RecursionError:
+        return reprlib.repr(data)
 
 
 def _retry_line(milliseconds: int) -> str:

@@ -11,6 +11,7 @@ import typing as t
 import weakref
 
 from flask import Flask, current_app, has_app_context
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .broker import Broker, make_broker
 from .config import Settings, load_settings
@@ -63,11 +64,14 @@ class SSE:
         if "sse" in app.extensions:
             raise RuntimeError("this app already has an SSE extension; call init_app(app) once per app")
         settings = load_settings(app.config, os.environ)
-        from .blueprint import blueprint, enable_cors
+        from .blueprint import blueprint, enable_cors, json_method_not_allowed
 
         state = _State(self, settings, make_broker(settings))
         app.extensions["sse"] = state
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
+        handlers = app.error_handler_spec[None]
+        if 405 not in handlers and not {HTTPException, MethodNotAllowed} & set(handlers.get(None, {})):
+            app.register_error_handler(MethodNotAllowed, json_method_not_allowed)
         if settings.cors_origins:
             enable_cors(app, settings)
         self._apps.add(app)

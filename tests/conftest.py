@@ -55,12 +55,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: No keep-alive: an idle kept-alive connection would hold a stopping worker until it times out.
+_CLOSE = {"Connection": "close"}
+
+
 class Server:
     """A running ``sse-flask serve`` (gunicorn, gevent workers), master in its own session."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, workers: int) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, workers: int, prefix: str = "") -> None:
         self.log_path = log_path
         self.workers = workers
+        #: Where the blueprint is mounted (the app's SSE_URL_PREFIX); get, post, say and
+        #: stats are relative to it.
+        self.prefix = prefix
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -96,10 +103,12 @@ class Server:
         return [pid for pid in ready if pid not in exited and _alive(pid)]
 
     def get(self, path: str, **kwargs: t.Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=10, **kwargs)
+        headers = {**_CLOSE, **kwargs.pop("headers", {})}
+        return requests.get(self.url + self.prefix + path, timeout=10, headers=headers, **kwargs)
 
     def post(self, path: str, **kwargs: t.Any) -> requests.Response:
-        return requests.post(self.url + path, timeout=10, **kwargs)
+        headers = {**_CLOSE, **kwargs.pop("headers", {})}
+        return requests.post(self.url + self.prefix + path, timeout=10, headers=headers, **kwargs)
 
     def say(self, data: t.Any = None, **fields: t.Any) -> str:
         """Publish over POST /say; return the event id."""
@@ -132,7 +141,7 @@ class Server:
 
     def _healthy(self) -> bool:
         with contextlib.suppress(requests.RequestException):
-            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+            return requests.get(self.url + self.prefix + "/healthz", timeout=2, headers=_CLOSE).status_code == 200
         return False
 
 
@@ -149,6 +158,8 @@ def _alive(pid: int) -> bool:
 def serve(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
     """Start servers: ``serve(app=None, workers=1, broker=None, env={...})``; stopped at teardown.
 
+    With ``SSE_URL_PREFIX`` in ``env``, the server's requests go under that prefix.
+
     ``app`` is a ``MODULE:FACTORY`` import string (``apps.<name>:create_app`` for the apps in
     ``tests/apps/``); ``env`` holds ``SSE_*`` settings for the workers.
     """
@@ -156,7 +167,8 @@ def serve(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
 
     def start(*, app: str | None = None, workers: int = 1, broker: str | None = None, env: dict[str, str] | None = None) -> Server:
         args = (["--app", app] if app else []) + (["--broker", broker] if broker else [])
-        server = Server(args, env or {}, tmp_path / f"gunicorn-{len(servers)}.log", workers)
+        env = env or {}
+        server = Server(args, env, tmp_path / f"gunicorn-{len(servers)}.log", workers, env.get("SSE_URL_PREFIX", ""))
         servers.append(server)
         return server
 

@@ -35,7 +35,7 @@ class Subscription:
     __slots__ = ("channels", "replay", "closed", "on_drop", "skip_until", "_frames", "_wakeup", "_limit", "_fanout")
 
     def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
-        self.channels = tuple(channels)
+        self.channels = tuple(dict.fromkeys(channels))
         self.replay: list[bytes] = []
         self.closed: str | None = None
         #: Called, with the fan-out lock held, when the subscription is cut off for falling

@@ -46,7 +46,7 @@ EPOCH_KEY = "sse_flask:epoch"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
 _POOL_SIZE = 8
-_STREAM_ID = re.compile(r"(\d+)-(\d+)")
+_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)")
 
 # Get or create the epoch, and append, in one step: no publish can slip between a Redis
 # restart and the new epoch.
@@ -107,19 +107,34 @@ class RedisBroker:
     def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
         """Subscribe, replaying from Redis what followed ``last_event_id``.
 
-        The subscription is registered first, at the reader's current position: entries up
-        to that position come from the replay, later ones live, so none is lost or doubled.
+        The history is read first, up to the stream's last entry L at that moment; then the
+        subscription is registered at the reader's position C, under the lock the reader
+        delivers under. If the reader is behind L, live entries up to L are skipped (the
+        replay has them); if it is ahead, the entries in (L, C] are read too (they were
+        delivered before the subscription existed). So none is lost or doubled.
         """
         self._start_reader()
+        replay: list[tuple[bytes, dict[bytes, bytes]]] = []
+        upto = None
+        if last_event_id is not None:
+            replay, upto = self._history_after(last_event_id)
         with self._fanout.lock:
             subscription = self._fanout.new(channels, queue_size)
-            split = self._cursor
-        if last_event_id is not None:
+            cursor = self._cursor
+            if upto is not None and (cursor is None or cursor < upto):
+                subscription.skip_until = upto
+        if upto is not None and cursor is not None and cursor > upto:
             try:
-                self._replay(subscription, last_event_id, split)
-            except BaseException:
+                replay.extend(self._entries(f"({_format(upto)}", _format(cursor)))
+            except BrokerUnavailable:
                 subscription.close()
                 raise
+        wanted = set(subscription.channels)
+        subscription.replay = [
+            entry if isinstance(entry, bytes) else _frame(*entry)
+            for entry in replay
+            if isinstance(entry, bytes) or entry[1][b"c"].decode() in wanted
+        ]
         return subscription
 
     def stats(self) -> dict[str, t.Any]:
@@ -146,12 +161,13 @@ class RedisBroker:
         self._fanout.close_all()
         self._pool.disconnect()
 
-    def _replay(self, subscription: Subscription, last_event_id: str, split: Position | None) -> None:
+    def _history_after(self, last_event_id: str) -> tuple[list[t.Any], Position]:
+        """The retained entries after ``last_event_id`` (preceded by a ``missed`` frame if
+        that id is unknown or trimmed away), and the stream's last position they cover."""
         import redis
 
         epoch, _, stream_id = last_event_id.partition("-")
         after = _parse(stream_id)
-        channels = set(subscription.channels)
         candidate = secrets.token_hex(4)
         try:
             # One atomic snapshot: the epoch (created if Redis has none yet, so that the
@@ -160,46 +176,36 @@ class RedisBroker:
                 pipe.set(EPOCH_KEY, candidate, nx=True, get=True)
                 pipe.xinfo_stream(STREAM_KEY)
                 if after is not None:
-                    pipe.xrange(STREAM_KEY, f"({_format(after)}", _format(split) if split else "+")
+                    pipe.xrange(STREAM_KEY, f"({_format(after)}", "+")
                 answers = pipe.execute(raise_on_error=False)
-            current_epoch = answers[0].decode() if answers[0] else candidate
-            info = answers[1] if not isinstance(answers[1], Exception) else {}
-            deleted = _parse(_text(info.get("max-deleted-entry-id", b"0-0"))) or (0, 0)
-            last = _parse(_text(info.get("last-generated-id", b"0-0"))) or (0, 0)
-            known = epoch == current_epoch and after is not None and deleted <= after <= last
-            if known:
-                entries = answers[2]
-                if isinstance(entries, Exception):
-                    raise entries
-            else:
-                entries = self._redis.xrange(STREAM_KEY, "-", _format(split) if split else "+")
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
-        frames = []
-        if not known:
-            first = _parse(entries[0][0].decode()) if entries else None
+        current_epoch = answers[0].decode() if answers[0] else candidate
+        info = answers[1] if not isinstance(answers[1], Exception) else {}
+        deleted = _parse(_text(info.get("max-deleted-entry-id", b"0-0"))) or (0, 0)
+        last = _parse(_text(info.get("last-generated-id", b"0-0"))) or (0, 0)
+        if epoch == current_epoch and after is not None and deleted <= after <= last:
+            if isinstance(answers[2], Exception):
+                raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {answers[2]}")
+            return list(answers[2]), last
+        entries = self._entries("-", _format(last))
+        first = _parse(entries[0][0].decode()) if entries else None
+        missed = Event(
+            data={"last_event_id": last_event_id, "oldest_retained": f"{current_epoch}-{_format(first)}" if first else None},
+            event="missed",
             # Resuming after this id replays everything retained now: the position before
-            # the first entry, or, with none, before anything yet to come.
-            before_first = _before(first) if first else min(split or last, last)
-            frames.append(
-                encode_event(
-                    Event(
-                        data={
-                            "last_event_id": last_event_id,
-                            "oldest_retained": f"{current_epoch}-{_format(first)}" if first else None,
-                        },
-                        event="missed",
-                        id=f"{current_epoch}-{_format(before_first)}",
-                    )
-                )
-            )
-        elif split is None or (after is not None and after > split):
-            # The client has seen further than this process's reader: skip what it has.
-            subscription.skip_until = after
-        for stream_id_bytes, fields in entries:
-            if fields[b"c"].decode() in channels:
-                frames.append(_frame(stream_id_bytes, fields))
-        subscription.replay = frames
+            # the first entry, or, with none, the last position.
+            id=f"{current_epoch}-{_format(_before(first) if first else last)}",
+        )
+        return [encode_event(missed), *entries], last
+
+    def _entries(self, start: str, end: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        import redis
+
+        try:
+            return t.cast("list[tuple[bytes, dict[bytes, bytes]]]", self._redis.xrange(STREAM_KEY, start, end))
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
 
     def _start_reader(self) -> None:
         """Start this process's reader on first use (and again after a fork)."""
