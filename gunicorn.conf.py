@@ -4,10 +4,12 @@
     gunicorn -c gunicorn.conf.py 'yourapp:create_app()'
 
 gevent workers with room for 10,000 streams each, and open streams closed as soon as a
-worker is told to stop, so that browsers reconnect to the new workers at once.
+worker is told to stop, so that browsers reconnect to the new workers at once; /metrics
+summed over the workers.
 """
 
-from sse_flask.cli import GUNICORN_SETTINGS, post_worker_init  # noqa: F401 (a gunicorn hook)
+from sse_flask.cli import GUNICORN_SETTINGS, child_exit, post_worker_init, prepare_metrics_dir  # noqa: F401 (hooks)
 
 globals().update(GUNICORN_SETTINGS)
+prepare_metrics_dir()
 bind = "127.0.0.1:8080"

@@ -6,6 +6,7 @@ setup(
         "click>=8.1",
         "gunicorn[gevent]>=23",
         "flask-cors>=5",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "redis": ["redis>=5"],

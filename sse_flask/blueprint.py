@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from .errors import BrokerUnavailable, DataTooLarge, InvalidInput
 from .extension import DEFAULT_CHANNEL, _State, check_channel
+from .metrics import exposition, metrics
 from .resources import resource_dir
 from .stream import EventStream
 
@@ -60,6 +61,11 @@ def events() -> Response:
     except BaseException:
         release()
         raise
+    if last_event_id is not None:
+        figures = metrics()
+        figures.replays.inc()
+        if subscription.missed:
+            figures.missed.inc()
     stream = EventStream(
         subscription,
         heartbeat=settings.heartbeat,
@@ -106,6 +112,15 @@ def healthz() -> Response | tuple[Response, int]:
     except BrokerUnavailable as e:
         return jsonify(status="unavailable", error=str(e)), 503
     return jsonify(status="ok")
+
+
+@blueprint.get("/metrics")
+def metrics_text() -> Response:
+    """Prometheus text exposition: open streams, events published, frames and bytes sent,
+    slow consumers dropped, replays, ``missed`` sent, publish and fan-out latencies;
+    summed over every worker of the server."""
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)
 
 
 @blueprint.get("/sse-flask.js")

@@ -7,13 +7,17 @@ speak plain HTTP with the standard library, so they need nothing beyond click.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import ipaddress
 import json
+import logging
 import os
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import typing as t
 import urllib.error
@@ -59,6 +63,7 @@ def serve(bind: str, workers: int, broker: str | None, app_uri: str) -> None:
     """Serve the app under gunicorn with gevent workers."""
     if broker:
         os.environ["SSE_BROKER_URL"] = broker
+    prepare_metrics_dir()
     _raise_open_files_limit(workers * GUNICORN_SETTINGS["worker_connections"] + 1024)
     _Server(app_uri, {**GUNICORN_SETTINGS, "bind": bind, "workers": workers}).run()
 
@@ -132,6 +137,7 @@ class _Server:
                     if key in self.cfg.settings:
                         self.cfg.set(key, value)
                 self.cfg.set("post_worker_init", post_worker_init)
+                self.cfg.set("child_exit", child_exit)
 
             def load(self) -> Flask:
                 return _load_app(app_uri, options["bind"])
@@ -156,6 +162,32 @@ def _load_app(app_uri: str, bind: str) -> Flask:
     return app
 
 
+def prepare_metrics_dir() -> None:
+    """Give the workers one fresh directory for prometheus_client's multiprocess mode
+    (unless ``PROMETHEUS_MULTIPROC_DIR`` is set), so that ``/metrics`` sums them all;
+    the master removes it when it exits."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    directory = tempfile.mkdtemp(prefix="sse-flask-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    master = os.getpid()
+
+    def remove() -> None:
+        # Forked workers inherit this exit handler: only the master may remove the files.
+        if os.getpid() == master:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    atexit.register(remove)
+
+
+def child_exit(server: t.Any, worker: Worker) -> None:
+    """gunicorn hook, in the master: drop an exited worker's open-streams gauge from
+    ``/metrics`` (its counters stay: they are totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
 def post_worker_init(worker: Worker) -> None:
     """gunicorn hook: make SIGTERM (a graceful stop or reload) also end this worker's open streams, so
     that its clients reconnect to another worker at once instead of hanging until the
@@ -172,6 +204,12 @@ def post_worker_init(worker: Worker) -> None:
         gevent.spawn(close_all_streams)
 
     signal.signal(signal.SIGTERM, on_term)
+    logger = logging.getLogger("sse_flask")
+    if not logger.handlers:
+        # Our lines (a stream closed, Redis lost) go where gunicorn's own go.
+        logger.handlers = worker.log.error_log.handlers
+        logger.setLevel(worker.log.error_log.level)
+        logger.propagate = False
     # gunicorn logs "Booting worker" before the app loads; this says the worker serves.
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 import threading
+import time
 import typing as t
 import weakref
 
@@ -17,6 +18,7 @@ from .broker import Broker, make_broker
 from .config import Settings, load_settings
 from .errors import DataTooLarge, InvalidChannel
 from .events import Event, check_field, encode_data, encode_event
+from .metrics import metrics
 
 __all__ = ["SSE"]
 
@@ -143,7 +145,13 @@ class _State:
             raise DataTooLarge(
                 f"data is {size} bytes encoded as UTF-8, over the limit of {self.settings.max_data_bytes} (SSE_MAX_DATA_BYTES)"
             )
-        return self.broker.publish(channel, encode_event(Event(data=text, event=event)))
+        frame = encode_event(Event(data=text, event=event))
+        started = time.perf_counter()
+        event_id = self.broker.publish(channel, frame)
+        figures = metrics()
+        figures.publish_seconds.observe(time.perf_counter() - started)
+        figures.published.inc()
+        return event_id
 
     def reserve_stream(self, address: str) -> str | None:
         """Take a stream slot for ``address``; return why not if the limits are reached."""

@@ -13,21 +13,29 @@ other servers the next heartbeat's failed write does.
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import sys
 import time
 import typing as t
 
-from .broker.fanout import Subscription
+from .broker.fanout import CLIENT, SLOW, Subscription
 from .events import encode_comment, encode_retry
+from .metrics import metrics
 
 if t.TYPE_CHECKING:
     from gevent.libev.corecext import io as _IOWatcher
 
 __all__ = ["EventStream"]
 
+log = logging.getLogger("sse_flask")
+
 _HEARTBEAT = encode_comment("heartbeat")
+#: Why a stream ended, besides the reasons a subscription ends for.
+LIFETIME = "lifetime reached"
+#: Seconds between updates of the sent-frames and sent-bytes metrics while streaming.
+_COUNT_SECONDS = 1.0
 #: Replayed frames are written in chunks of about this size rather than all at once.
 _REPLAY_CHUNK = 256 * 1024
 
@@ -60,24 +68,48 @@ class EventStream:
         self._lifetime = lifetime * random.uniform(0.9, 1.0)
         self._on_close: t.Callable[[], None] | None = on_close
         self._peer = _PeerWatch.start(environ, subscription)
+        self._opened = time.monotonic()
+        self._replayed = len(subscription.replay)
+        self._bytes = 0
+        self._counted = (0, 0)
+        self._ended: str | None = None
+        metrics().streams_open.inc()
 
     def __iter__(self) -> t.Iterator[bytes]:
         return self._frames()
 
     def close(self) -> None:
-        """End the subscription and release the stream's slot; idempotent."""
-        self._subscription.close()
+        """End the subscription, release the stream's slot and log why it ended; idempotent."""
+        if self._on_close is None:
+            return
+        on_close, self._on_close = self._on_close, None
+        subscription = self._subscription
+        reason = self._ended or subscription.closed or CLIENT
+        subscription.close()
         if self._peer is not None:
             self._peer.stop()
-        if self._on_close is not None:
-            on_close, self._on_close = self._on_close, None
-            on_close()
+        on_close()
+        figures = metrics()
+        figures.streams_open.dec()
+        self._count()
+        if reason == SLOW:
+            figures.dropped.inc()
+        log.info(
+            "stream closed (%s) after %.1f s: %d events, %d bytes, channels %s",
+            reason,
+            time.monotonic() - self._opened,
+            self._replayed + subscription.taken,
+            self._bytes,
+            ",".join(subscription.channels),
+        )
 
     def _frames(self) -> t.Iterator[bytes]:
         subscription = self._subscription
-        yield from _chunks([encode_retry(self._retry_ms), *subscription.replay])
+        for chunk in _chunks([encode_retry(self._retry_ms), *subscription.replay]):
+            yield chunk
+            self._bytes += len(chunk)
         subscription.replay = []
-        now = last_write = time.monotonic()
+        now = last_write = last_count = time.monotonic()
         deadline = now + self._lifetime if self._lifetime else None
         while True:
             timeout = last_write + self._heartbeat - now
@@ -87,16 +119,33 @@ class EventStream:
             now = time.monotonic()
             if chunk:
                 yield chunk
+                self._bytes += len(chunk)
                 last_write = now
+                if now - last_count >= _COUNT_SECONDS:
+                    self._count()
+                    last_count = now
             elif subscription.closed is not None:
                 return
             elif self._peer is not None and self._peer.client_gone():
+                self._ended = CLIENT
                 return
             elif deadline is not None and now >= deadline:
+                self._ended = LIFETIME
                 return
             elif now - last_write >= self._heartbeat:
                 yield _HEARTBEAT
+                self._bytes += len(_HEARTBEAT)
                 last_write = now
+
+    def _count(self) -> None:
+        """Add what was sent since the last count to the metrics (in batches: a metric
+        update in multiprocess mode is a write to a shared file)."""
+        frames, sent = self._replayed + self._subscription.taken, self._bytes
+        counted_frames, counted_bytes = self._counted
+        figures = metrics()
+        figures.frames_sent.inc(frames - counted_frames)
+        figures.bytes_sent.inc(sent - counted_bytes)
+        self._counted = (frames, sent)
 
 
 def _chunks(frames: list[bytes]) -> t.Iterator[bytes]:

@@ -32,12 +32,16 @@ class Subscription:
     :attr closed: ``None`` while open, else why the subscription ended.
     """
 
-    __slots__ = ("channels", "replay", "closed", "on_drop", "skip_until", "_frames", "_wakeup", "_limit", "_fanout")
+    __slots__ = ("channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "_frames", "_wakeup", "_limit", "_fanout")
 
     def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
         self.channels = tuple(dict.fromkeys(channels))
         self.replay: list[bytes] = []
+        #: Whether the replay starts with a ``missed`` frame.
+        self.missed = False
         self.closed: str | None = None
+        #: Live frames handed out by :meth:`wait` so far.
+        self.taken = 0
         #: Called, with the fan-out lock held, when the subscription is cut off for falling
         #: behind; the stream uses it to unblock a write to a client that does not read.
         self.on_drop: t.Callable[[], None] | None = None
@@ -67,6 +71,7 @@ class Subscription:
         self._wakeup.clear()
         frames = self._frames
         count = len(frames)
+        self.taken += count
         if count == 1:
             return frames.popleft()
         return b"".join([frames.popleft() for _ in range(count)])

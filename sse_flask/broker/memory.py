@@ -11,9 +11,11 @@ from __future__ import annotations
 import collections
 import itertools
 import secrets
+import time
 import typing as t
 
 from ..events import Event, encode_event, prefix_id
+from ..metrics import metrics
 from .fanout import Fanout, Subscription
 
 __all__ = ["MemoryBroker"]
@@ -35,6 +37,7 @@ class MemoryBroker:
     def publish(self, channel: str, frame: bytes) -> str:
         """Give ``frame`` (encoded without an id) the next id and deliver it on ``channel``."""
         with self._fanout.lock:
+            started = time.perf_counter()
             self._sequence += 1
             event_id = f"{self._epoch}-{self._sequence}"
             framed = prefix_id(frame, event_id)
@@ -42,6 +45,7 @@ class MemoryBroker:
                 self._history.append((self._sequence, channel, framed))
             self._fanout.deliver(channel, framed)
             self.published += 1
+        metrics().fanout_seconds.observe(time.perf_counter() - started)
         return event_id
 
     def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
@@ -53,7 +57,8 @@ class MemoryBroker:
         with self._fanout.lock:
             subscription = self._fanout.new(channels, queue_size)
             if last_event_id is not None:
-                subscription.replay = self._replay(set(channels), last_event_id)
+                self._replay(subscription, last_event_id)
+
         return subscription
 
     def stats(self) -> dict[str, t.Any]:
@@ -72,16 +77,18 @@ class MemoryBroker:
     def close(self) -> None:
         self._fanout.close_all()
 
-    def _replay(self, channels: set[str], last_event_id: str) -> list[bytes]:
+    def _replay(self, subscription: Subscription, last_event_id: str) -> None:
         oldest = self._history[0][0] if self._history else self._sequence + 1
         after = self._known_sequence(last_event_id)
         frames = []
         if after is None or after + 1 < oldest:
             after = oldest - 1
             frames.append(self._missed(last_event_id, oldest))
+            subscription.missed = True
+        channels = set(subscription.channels)
         unseen = itertools.islice(self._history, max(0, after + 1 - oldest), None)
         frames.extend(frame for _, channel, frame in unseen if channel in channels)
-        return frames
+        subscription.replay = frames
 
     def _known_sequence(self, last_event_id: str) -> int | None:
         epoch, _, sequence = last_event_id.partition("-")

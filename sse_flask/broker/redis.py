@@ -32,6 +32,7 @@ import typing as t
 
 from ..errors import BrokerUnavailable
 from ..events import Event, encode_event, prefix_id
+from ..metrics import metrics
 from .fanout import Fanout, Subscription
 
 if t.TYPE_CHECKING:
@@ -130,6 +131,7 @@ class RedisBroker:
                 subscription.close()
                 raise
         wanted = set(subscription.channels)
+        subscription.missed = bool(replay) and isinstance(replay[0], bytes)
         subscription.replay = [
             entry if isinstance(entry, bytes) else _frame(*entry)
             for entry in replay
@@ -250,12 +252,15 @@ class RedisBroker:
             if backoff != 0.05:
                 log.warning("reconnected to Redis at %s", self._safe_url())
                 backoff = 0.05
+            fanout_seconds = metrics().fanout_seconds
             for _, entries in t.cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", response or []):
-                with self._fanout.lock:
-                    for stream_id, fields in entries:
+                for stream_id, fields in entries:
+                    with self._fanout.lock:
+                        started = time.perf_counter()
                         position = _parse(stream_id.decode())
                         self._cursor = position
                         self._fanout.deliver(fields[b"c"].decode(), _frame(stream_id, fields), position)
+                    fanout_seconds.observe(time.perf_counter() - started)
         self._reader.close()
 
     def _last_generated(self) -> Position:

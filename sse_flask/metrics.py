@@ -1,0 +1,65 @@
+"""Prometheus metrics, for ``/metrics``, summed over every gunicorn worker.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``sse-flask serve`` sets it for its workers), each
+process writes its figures to files there and ``/metrics`` adds them up: prometheus_client's
+multiprocess mode. Without it, the figures are this process's.
+
+prometheus_client is imported on first use rather than with sse_flask, because it chooses
+where values live when it is imported, from the environment of that moment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import typing as t
+
+if t.TYPE_CHECKING:
+    from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["exposition", "metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """The metrics sse_flask keeps; one set per process."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.streams_open: Gauge = Gauge(
+            "sse_streams_open", "Event streams open now.", multiprocess_mode="livesum"
+        )
+        self.published: Counter = Counter("sse_events_published", "Events published from this server.")
+        self.frames_sent: Counter = Counter("sse_frames_sent", "Events written to streams, replays included.")
+        self.bytes_sent: Counter = Counter("sse_bytes_sent", "Bytes written to streams.")
+        self.dropped: Counter = Counter("sse_slow_consumers_dropped", "Streams cut off for falling SSE_QUEUE_SIZE events behind.")
+        self.replays: Counter = Counter("sse_replays", "Streams resumed after a Last-Event-ID.")
+        self.missed: Counter = Counter("sse_missed_sent", "'missed' events sent: resumes whose id was unknown or too old.")
+        self.publish_seconds: Histogram = Histogram(
+            "sse_publish_latency_seconds", "Time for the broker to accept a publish.", buckets=_LATENCY_BUCKETS
+        )
+        self.fanout_seconds: Histogram = Histogram(
+            "sse_fanout_duration_seconds", "Time to queue one event for every local stream of its channel.", buckets=_LATENCY_BUCKETS
+        )
+
+
+@functools.cache
+def metrics() -> Metrics:
+    """This process's metrics, created on first use."""
+    return Metrics()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every worker's metrics, and its content type."""
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+    metrics()
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,86 @@
+"""``/metrics``: Prometheus text summed over every gunicorn worker, and the log line each
+stream leaves when it closes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import typing as t
+
+from conftest import RawStream, Server, StreamClient, wait_until
+
+
+def sample(server: Server, name: str) -> float:
+    """One sample of ``name`` (summed over workers by the server), from whichever worker answers."""
+    response = server.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    match = re.search(rf"^{name} (\S+)$", response.text, re.MULTILINE)
+    assert match, f"{name} missing from /metrics:\n{response.text}"
+    return float(match[1])
+
+
+def test_open_streams_are_summed_over_four_workers(serve: t.Callable[..., Server]) -> None:
+    """40 streams spread over 4 workers: every worker's /metrics says 40, not its own share;
+    a SIGKILLed worker's streams drop out of the sum."""
+    server = serve(workers=4)
+    at_rest = {pid: _sockets(pid) for pid in server.worker_pids()}
+    streams = [RawStream(server.port) for _ in range(40)]
+    try:
+        for raw in streams:
+            raw.read_until(b"retry:")
+        held = {pid: _sockets(pid) - at_rest[pid] for pid in at_rest}
+        assert sum(1 for count in held.values() if count) >= 2, f"streams not spread over workers: {held}"
+        for _ in range(12):  # each request may land on any worker: all must agree
+            assert sample(server, "sse_streams_open") == 40
+        victim = max(held, key=held.__getitem__)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: sample(server, "sse_streams_open") == 40 - held[victim], 20, "the killed worker's streams to drop out")
+    finally:
+        for raw in streams:
+            raw.close()
+    wait_until(lambda: sample(server, "sse_streams_open") == 0, 20, "every stream to close")
+
+
+def _sockets(pid: int) -> int:
+    fds = f"/proc/{pid}/fd"
+    count = 0
+    for fd in os.listdir(fds):
+        try:
+            count += os.readlink(f"{fds}/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return count
+
+
+def test_counters_and_close_log(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+    """Published, frames and bytes sent, replays and ``missed`` are counted; a closed stream
+    logs why it closed, how long it lasted, and what it sent."""
+    server = serve(env={"SSE_HISTORY": "2"})
+    client = stream(server.url, channels=["metered"])
+    first = server.say("one", channel="metered")
+    assert [e.data for e in client.take(1)] == ["one"]
+    client.close()
+    for n in range(3):
+        server.say(f"later {n}", channel="metered")
+    resumed = stream(server.url, channels=["metered"], last_event_id=first)
+    events = resumed.take(3)
+    assert events[0].event in ("missed", "message")
+    resumed.close()
+    assert sample(server, "sse_events_published_total") == 4
+    wait_until(lambda: sample(server, "sse_frames_sent_total") >= 4, 10, "frames to be counted")
+    assert sample(server, "sse_bytes_sent_total") > 0
+    assert sample(server, "sse_replays_total") == 1
+    assert sample(server, "sse_publish_latency_seconds_count") == 4
+    log = wait_until(lambda: server.log().count("stream closed") >= 2 and server.log(), 10, "close log lines")
+    line = re.search(r"stream closed \(client went away\) after [0-9.]+ s: (\d+) events, (\d+) bytes, channels metered", log)
+    assert line, log
+
+
+def test_missed_is_counted(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+    server = serve()
+    server.say("x")
+    client = stream(server.url, last_event_id="unknown-1")
+    assert client.take(1)[0].event == "missed"
+    assert sample(server, "sse_missed_sent_total") == 1
