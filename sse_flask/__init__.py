@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from .errors import BrokerUnavailable, ConfigError, DataTooLarge, InvalidChannel, InvalidInput, SSEError
+from .errors import BrokerUnavailable, ConfigError, DataTooLarge, InvalidChannel, InvalidInput, InvalidToken, SSEError
 from .events import Event, encode_comment, encode_event
 from .extension import SSE
 
@@ -25,6 +25,7 @@ __all__ = [
     "Event",
     "InvalidChannel",
     "InvalidInput",
+    "InvalidToken",
     "SSE",
     "SSEError",
     "encode_comment",

@@ -12,12 +12,13 @@ import itertools
 import json
 import logging
 import re
+import time
 import typing as t
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .errors import BrokerUnavailable, DataTooLarge, InvalidInput
+from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken
 from .extension import DEFAULT_CHANNEL, _State, check_channel
 from .metrics import exposition, metrics
 from .resources import resource_dir
@@ -47,9 +48,16 @@ def events() -> Response:
     state = _state()
     settings = state.settings
     channels = list(dict.fromkeys(check_channel(name) for name in request.args.getlist("channel"))) or [DEFAULT_CHANNEL]
+    try:
+        grant = state.read_token(request.args.get("token"))
+    except InvalidToken as e:
+        return _error(403, str(e))
     for channel in channels:
-        if not state.sse.may_listen(channel):
-            return _error(403, f"you may not listen to channel {channel!r}")
+        refusal = state.refusal(channel, grant)
+        if refusal is not None:
+            return _error(403, refusal)
+    # A stream with private channels ends when its token expires.
+    expires_in = grant.expires_at - time.time() if grant and any(map(state.is_private, channels)) else None
     last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
     address = request.remote_addr or ""
     refusal = state.reserve_stream(address)
@@ -71,6 +79,7 @@ def events() -> Response:
         heartbeat=settings.heartbeat,
         retry_ms=settings.retry_ms,
         lifetime=settings.max_stream_seconds,
+        expires_in=expires_in,
         environ=request.environ,
         on_close=release,
     )

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_MAX_STREAM_SECONDS": 0,
     "SSE_PUBLISH_TOKEN": None,
     "SSE_CORS_ORIGINS": None,
+    "SSE_PRIVATE_PREFIXES": "user:",
 }
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -51,6 +52,7 @@ class Settings:
     max_stream_seconds: float = 0.0
     publish_token: str | None = None
     cors_origins: tuple[str, ...] = ()
+    private_prefixes: tuple[str, ...] = ("user:",)
 
 
 def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> Settings:
@@ -115,7 +117,7 @@ def _optional_text(value: t.Any) -> str | None:
     return value
 
 
-def _origins(value: t.Any) -> tuple[str, ...]:
+def _strings(value: t.Any) -> tuple[str, ...]:
     if value is None:
         return ()
     items = value.split(",") if isinstance(value, str) else list(value)
@@ -136,5 +138,6 @@ _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_MAX_STREAMS_PER_ADDRESS": (_number(0, integer=True), "a whole number of streams, 0 (no limit) or more"),
     "SSE_MAX_STREAM_SECONDS": (_number(0, integer=False), "a number of seconds, 0 (never) or more"),
     "SSE_PUBLISH_TOKEN": (_optional_text, "unset or a string"),
-    "SSE_CORS_ORIGINS": (_origins, "unset, a comma-separated string of origins, or a list of them"),
+    "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
+    "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
 }

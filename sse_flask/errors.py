@@ -7,6 +7,7 @@
     ├── InvalidInput           (also ValueError) bad input to publish or subscribe: HTTP 400
     │   ├── InvalidChannel     a channel name outside A-Z a-z 0-9 _ . : @ -, 1 to 128 long
     │   └── DataTooLarge       data over SSE_MAX_DATA_BYTES: HTTP 413
+    ├── InvalidToken           a subscribe token forged, malformed or expired: HTTP 403
     └── BrokerUnavailable      the broker (Redis) cannot be reached: HTTP 503
 
 Event types and ids with CR, LF or NUL raise a plain :class:`ValueError` from
@@ -21,6 +22,7 @@ __all__ = [
     "DataTooLarge",
     "InvalidChannel",
     "InvalidInput",
+    "InvalidToken",
     "SSEError",
 ]
 
@@ -43,6 +45,10 @@ class InvalidChannel(InvalidInput):
 
 class DataTooLarge(InvalidInput):
     """The encoded data is larger than ``SSE_MAX_DATA_BYTES``."""
+
+
+class InvalidToken(SSEError):
+    """A subscribe token is forged, malformed or expired."""
 
 
 class BrokerUnavailable(SSEError):

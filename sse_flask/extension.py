@@ -11,12 +11,13 @@ import time
 import typing as t
 import weakref
 
+import itsdangerous
 from flask import Flask, current_app, has_app_context
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .broker import Broker, make_broker
 from .config import Settings, load_settings
-from .errors import DataTooLarge, InvalidChannel
+from .errors import DataTooLarge, InvalidChannel, InvalidToken
 from .events import Event, check_field, encode_data, encode_event
 from .metrics import metrics
 
@@ -31,6 +32,8 @@ _CHANNEL = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 _STATES: weakref.WeakSet[_State] = weakref.WeakSet()
 
 Authorizer = t.Callable[[str], bool]
+
+_TOKEN_SALT = "sse-flask.subscribe"
 
 
 class SSE:
@@ -57,8 +60,8 @@ class SSE:
         environment variable of the same name. The keys read are ``SSE_URL_PREFIX``,
         ``SSE_BROKER_URL``, ``SSE_HEARTBEAT``, ``SSE_RETRY_MS``, ``SSE_HISTORY``,
         ``SSE_QUEUE_SIZE``, ``SSE_MAX_DATA_BYTES``, ``SSE_MAX_CONNECTIONS``,
-        ``SSE_MAX_STREAMS_PER_ADDRESS``, ``SSE_MAX_STREAM_SECONDS``, ``SSE_PUBLISH_TOKEN``
-        and ``SSE_CORS_ORIGINS``.
+        ``SSE_MAX_STREAMS_PER_ADDRESS``, ``SSE_MAX_STREAM_SECONDS``, ``SSE_PUBLISH_TOKEN``,
+        ``SSE_CORS_ORIGINS`` and ``SSE_PRIVATE_PREFIXES``.
 
         :raises ConfigError: if a setting has a value that is not allowed.
         :raises RuntimeError: if ``app`` already has an SSE extension.
@@ -100,14 +103,27 @@ class SSE:
         """Register ``function(channel) -> bool``, called in the request context of each
         ``/events`` request for each channel it asks for; ``False`` answers 403.
 
-        Without one, every channel may be read.
+        It replaces the default, which lets every channel through except those starting
+        with one of ``SSE_PRIVATE_PREFIXES``, which need a token from
+        :meth:`subscribe_token`.
         """
         self._authorize = function
         return function
 
-    def may_listen(self, channel: str) -> bool:
-        """Whether the current request may subscribe to ``channel``."""
-        return self._authorize is None or bool(self._authorize(channel))
+    def subscribe_token(self, *channels: str, expires_in: float = 3600) -> str:
+        """Sign a token that lets its holder read ``channels`` for ``expires_in`` seconds.
+
+        Mint it in a view for the signed-in user and hand it to the page, which passes it
+        as ``/events?token=...`` (EventSource cannot set headers). A stream opened with it
+        ends when it expires, so not renewing a token revokes access within its lifetime.
+        Signed with the app's ``SECRET_KEY``, which every worker must share.
+
+        :raises InvalidChannel: if a channel name is not allowed.
+        :raises RuntimeError: if the app has no ``SECRET_KEY``.
+        """
+        for channel in channels:
+            check_channel(channel)
+        return str(self._state().token_serializer().dumps({"c": list(channels), "e": time.time() + expires_in}))
 
     def _state(self) -> _State:
         if has_app_context():
@@ -153,6 +169,40 @@ class _State:
         figures.published.inc()
         return event_id
 
+    def token_serializer(self) -> itsdangerous.URLSafeSerializer:
+        secret = current_app.secret_key if has_app_context() else None
+        if not secret:
+            raise RuntimeError("subscribe tokens are signed with the app's SECRET_KEY; set app.config['SECRET_KEY']")
+        return itsdangerous.URLSafeSerializer(secret, salt=_TOKEN_SALT)
+
+    def read_token(self, token: str | None) -> Grant | None:
+        """The channels ``token`` grants and until when; ``None`` without a token.
+
+        :raises InvalidToken: if it is forged, malformed or expired.
+        """
+        if token is None:
+            return None
+        try:
+            claims = self.token_serializer().loads(token)
+            grant = Grant(frozenset(claims["c"]), float(claims["e"]))
+        except (itsdangerous.BadSignature, RuntimeError, KeyError, TypeError, ValueError):
+            raise InvalidToken("the token is not one this server signed; ask the app for a new one") from None
+        if grant.expires_at <= time.time():
+            raise InvalidToken("the token has expired; ask the app for a new one")
+        return grant
+
+    def refusal(self, channel: str, grant: Grant | None) -> str | None:
+        """Why the current request, holding ``grant``, may not subscribe to ``channel``;
+        ``None`` if it may."""
+        if self.sse._authorize is not None:
+            return None if self.sse._authorize(channel) else f"you may not listen to channel {channel!r}"
+        if self.is_private(channel) and (grant is None or channel not in grant.channels):
+            return f"channel {channel!r} is private: open the stream with a ?token= from the app that grants it"
+        return None
+
+    def is_private(self, channel: str) -> bool:
+        return channel.startswith(self.settings.private_prefixes)
+
     def reserve_stream(self, address: str) -> str | None:
         """Take a stream slot for ``address``; return why not if the limits are reached."""
         settings = self.settings
@@ -171,6 +221,13 @@ class _State:
             self._by_address[address] -= 1
             if not self._by_address[address]:
                 del self._by_address[address]
+
+
+class Grant(t.NamedTuple):
+    """What a subscribe token allows: these channels, until this time (seconds since the epoch)."""
+
+    channels: frozenset[str]
+    expires_at: float
 
 
 def check_channel(channel: t.Any) -> str:

@@ -48,6 +48,8 @@ class EventStream:
     :param retry_ms: the ``retry:`` sent first.
     :param lifetime: close the stream after about this many seconds (with up to 10% less,
         at random, so that clients do not all reconnect at once); 0 means never.
+    :param expires_in: close the stream after exactly this many seconds (its subscribe
+        token expires then); ``None`` means never.
     :param environ: the WSGI environ, to find the client's socket where the server has one.
     :param on_close: called once, when the stream is closed.
     """
@@ -59,13 +61,17 @@ class EventStream:
         heartbeat: float,
         retry_ms: int,
         lifetime: float,
+        expires_in: float | None = None,
         environ: t.Mapping[str, t.Any],
         on_close: t.Callable[[], None],
     ) -> None:
         self._subscription = subscription
         self._heartbeat = heartbeat
         self._retry_ms = retry_ms
-        self._lifetime = lifetime * random.uniform(0.9, 1.0)
+        lifetimes = [lifetime * random.uniform(0.9, 1.0)] if lifetime else []
+        if expires_in is not None:
+            lifetimes.append(max(expires_in, 0.0))
+        self._lifetime = min(lifetimes) if lifetimes else None
         self._on_close: t.Callable[[], None] | None = on_close
         self._peer = _PeerWatch.start(environ, subscription)
         self._opened = time.monotonic()
@@ -110,7 +116,7 @@ class EventStream:
             self._bytes += len(chunk)
         subscription.replay = []
         now = last_write = last_count = time.monotonic()
-        deadline = now + self._lifetime if self._lifetime else None
+        deadline = now + self._lifetime if self._lifetime is not None else None
         while True:
             timeout = last_write + self._heartbeat - now
             if deadline is not None:

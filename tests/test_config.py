@@ -30,6 +30,7 @@ CONTRACT_DEFAULTS = {
     "max_stream_seconds": 0,
     "publish_token": None,
     "cors_origins": (),
+    "private_prefixes": ("user:",),
 }
 
 #: What each key must be, in the words of its error message.
@@ -46,6 +47,7 @@ ALLOWED = {
     "SSE_MAX_STREAM_SECONDS": "a number of seconds, 0 (never) or more",
     "SSE_PUBLISH_TOKEN": "unset or a string",
     "SSE_CORS_ORIGINS": "unset, a comma-separated string of origins, or a list of them",
+    "SSE_PRIVATE_PREFIXES": "a comma-separated string of channel prefixes, or a list of them",
 }
 
 
@@ -62,7 +64,7 @@ def test_defaults() -> None:
 
 
 def test_every_key_is_known() -> None:
-    """DEFAULTS, Settings and the documented keys name the same twelve settings."""
+    """DEFAULTS, Settings and the documented keys name the same settings."""
     assert sorted(DEFAULTS) == sorted(ALLOWED)
     assert sorted(map(_attribute, DEFAULTS)) == sorted(field.name for field in dataclasses.fields(Settings))
 

@@ -337,11 +337,14 @@ def test_authorizer() -> None:
     assert app.extensions["sse"].broker.stats()["consumers"] == 0
 
 
-def test_no_authorizer_allows_every_channel() -> None:
+def test_no_authorizer_allows_every_public_channel() -> None:
+    """Without an authorizer, only SSE_PRIVATE_PREFIXES channels need a token (tests/test_tokens.py)."""
     app = make_app()
     SSE(app)
-    with app.test_client().get("/events?channel=user:1", buffered=False) as response:
+    with app.test_client().get("/events?channel=room:1", buffered=False) as response:
         assert response.status_code == 200
+    with app.test_client().get("/events?channel=user:1", buffered=False) as response:
+        assert response.status_code == 403
 
 
 # --- routes -------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ GOOD_CHANNELS = [
     "-",
     "@",
     ".",
-    "user:42",
+    "room:42",
     "a.b-c_d@e:f",
 ]
 BAD_EVENT_TYPES = [
