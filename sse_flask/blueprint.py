@@ -63,6 +63,7 @@ def events() -> Response:
     refusal = state.reserve_stream(address)
     if refusal is not None:
         return _error(503, refusal, {"Retry-After": str(max(1, settings.retry_ms // 1000))})
+    compress = settings.compress and request.accept_encodings["gzip"] > 0
     release = functools.partial(state.release_stream, address)
     try:
         subscription = state.broker.subscribe(channels, last_event_id, queue_size=settings.queue_size)
@@ -80,10 +81,16 @@ def events() -> Response:
         retry_ms=settings.retry_ms,
         lifetime=settings.max_stream_seconds,
         expires_in=expires_in,
+        compress=compress,
         environ=request.environ,
         on_close=release,
     )
-    return Response(stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8")
+    response = Response(stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8")
+    if settings.compress:
+        response.vary.add("Accept-Encoding")
+        if compress:
+            response.content_encoding = "gzip"
+    return response
 
 
 @blueprint.route("/say", methods=["GET", "POST"])

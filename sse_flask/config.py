@@ -31,6 +31,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_PUBLISH_TOKEN": None,
     "SSE_CORS_ORIGINS": None,
     "SSE_PRIVATE_PREFIXES": "user:",
+    "SSE_COMPRESS": False,
 }
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -53,6 +54,7 @@ class Settings:
     publish_token: str | None = None
     cors_origins: tuple[str, ...] = ()
     private_prefixes: tuple[str, ...] = ("user:",)
+    compress: bool = False
 
 
 def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> Settings:
@@ -117,6 +119,16 @@ def _optional_text(value: t.Any) -> str | None:
     return value
 
 
+def _flag(value: t.Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(value)
+
+
 def _strings(value: t.Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -140,4 +152,5 @@ _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_PUBLISH_TOKEN": (_optional_text, "unset or a string"),
     "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
     "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
+    "SSE_COMPRESS": (_flag, "true or false (1/0, yes/no, on/off)"),
 }

@@ -31,6 +31,7 @@ CONTRACT_DEFAULTS = {
     "publish_token": None,
     "cors_origins": (),
     "private_prefixes": ("user:",),
+    "compress": False,
 }
 
 #: What each key must be, in the words of its error message.
@@ -48,6 +49,7 @@ ALLOWED = {
     "SSE_PUBLISH_TOKEN": "unset or a string",
     "SSE_CORS_ORIGINS": "unset, a comma-separated string of origins, or a list of them",
     "SSE_PRIVATE_PREFIXES": "a comma-separated string of channel prefixes, or a list of them",
+    "SSE_COMPRESS": "true or false (1/0, yes/no, on/off)",
 }
 
 
