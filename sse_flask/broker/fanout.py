@@ -91,12 +91,21 @@ class Fanout:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.dropped = 0
+        #: Set by :meth:`close_all`: the process is stopping, and new subscriptions end at once.
+        self.closed = False
         self._channels: dict[str, set[Subscription]] = {}
         self._count = 0
 
     def new(self, channels: t.Sequence[str], limit: int) -> Subscription:
-        """Register a subscription to ``channels``. The caller holds :attr:`lock`."""
+        """Register a subscription to ``channels``. The caller holds :attr:`lock`.
+
+        Once :meth:`close_all` has run, it is returned already closed: a client that
+        reconnects over a kept-alive connection to a stopping worker must go elsewhere.
+        """
         subscription = Subscription(self, channels, limit)
+        if self.closed:
+            subscription.closed = SHUTDOWN
+            return subscription
         for channel in subscription.channels:
             self._channels.setdefault(channel, set()).add(subscription)
         self._count += 1
@@ -131,6 +140,7 @@ class Fanout:
     def close_all(self, reason: str = SHUTDOWN) -> None:
         """End every subscription, so that streams finish and clients reconnect elsewhere."""
         with self.lock:
+            self.closed = True
             for subscription in {s for subs in self._channels.values() for s in subs}:
                 self._unregister(subscription, reason)
 
