@@ -137,12 +137,18 @@ class Fanout:
         with self.lock:
             self._unregister(subscription, reason)
 
-    def close_all(self, reason: str = SHUTDOWN) -> None:
-        """End every subscription, so that streams finish and clients reconnect elsewhere."""
+    def close_all(self) -> None:
+        """End every subscription and refuse new ones: the process is stopping, and its
+        clients must reconnect elsewhere."""
         with self.lock:
             self.closed = True
-            for subscription in {s for subs in self._channels.values() for s in subs}:
-                self._unregister(subscription, reason)
+            self.end_all(SHUTDOWN)
+
+    def end_all(self, reason: str) -> None:
+        """End every current subscription, so that streams finish and clients reconnect.
+        The caller holds :attr:`lock`."""
+        for subscription in {s for subs in self._channels.values() for s in subs}:
+            self._unregister(subscription, reason)
 
     def counts(self) -> tuple[int, dict[str, int]]:
         """Return the number of open subscriptions, and of subscribers per channel."""

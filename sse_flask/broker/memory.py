@@ -14,6 +14,7 @@ import secrets
 import time
 import typing as t
 
+from ..errors import BrokerUnavailable
 from ..events import Event, encode_event, prefix_id
 from ..metrics import metrics
 from .fanout import Fanout, Subscription
@@ -35,8 +36,14 @@ class MemoryBroker:
         self._fanout = Fanout()
 
     def publish(self, channel: str, frame: bytes) -> str:
-        """Give ``frame`` (encoded without an id) the next id and deliver it on ``channel``."""
+        """Give ``frame`` (encoded without an id) the next id and deliver it on ``channel``.
+
+        :raises BrokerUnavailable: once closed (the worker is stopping): its streams have
+            ended and its history goes with it, so the event would reach no one.
+        """
         with self._fanout.lock:
+            if self._fanout.closed:
+                raise BrokerUnavailable("this worker is shutting down; publish again to reach the one replacing it")
             started = time.perf_counter()
             self._sequence += 1
             event_id = f"{self._epoch}-{self._sequence}"

@@ -1,0 +1,1 @@
+"""The benchmark harness: processes, servers, one measurement, the report."""

@@ -1,0 +1,347 @@
+"""The report: a markdown table of every figure with sse_flask's ratio to each peer, and a
+PNG of fanout latency against the number of streams."""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+from .servers import SERVERS
+
+__all__ = ["markdown", "plot"]
+
+Result = dict[str, t.Any]
+
+
+def _find(results: list[Result], server: str, mode: str, streams: int | None = None) -> Result | None:
+    for r in results:
+        if r["server"] == server and r["mode"] == mode and (streams is None or r["streams"] == streams):
+            return r
+    return None
+
+
+def _ok(r: Result | None) -> bool:
+    return r is not None and "load" in r and not r.get("error")
+
+
+def _latency(r: Result | None, key: str) -> float | None:
+    if r is None or "load" not in r or not r["load"].get("latency_ms"):
+        return None
+    return float(r["load"]["latency_ms"][key])
+
+
+def _figures(results: list[Result], server: str, top: int) -> dict[str, float | None]:
+    """The headline figures of ``server``: throughput, fanout at ``top`` streams, memory."""
+    thr = _find(results, server, "throughput")
+    fan = _find(results, server, "fanout", top)
+    return {
+        "deliveries": thr["load"]["deliveries_per_second"] if thr and "load" in thr else None,
+        # A server that held fewer than 99% of the streams has no figure to compare.
+        "p99": _latency(fan, "p99") if fan and fan.get("subscribed", 0) >= 0.99 * top else None,
+        "memory": fan["memory_per_stream"] / 1024 if fan and "memory_per_stream" in fan else None,
+    }
+
+
+#: figure key -> (heading, larger is better)
+_COLUMNS = {
+    "deliveries": ("throughput, deliveries/s", True),
+    "p99": ("fanout p99", False),
+    "memory": ("memory per idle stream", False),
+}
+
+
+def _num(value: float | None, digits: int = 0, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def _pct(value: t.Any) -> str:
+    return "—" if value is None else f"{value:.0f}%"
+
+
+def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
+    servers = [name for name in SERVERS if any(r["server"] == name for r in results)]
+    ours = [name for name in servers if SERVERS[name].ours]
+    peers = [name for name in servers if not SERVERS[name].ours]
+    fanout_sizes = sorted({r["streams"] for r in results if r["mode"] == "fanout"})
+    top = fanout_sizes[-1] if fanout_sizes else 0
+    figures = {name: _figures(results, name, top) for name in servers}
+    out: list[str] = []
+    out.append("# sse-flask benchmark\n")
+    out.append(
+        f"{meta['when']}, {meta['machine']}. Server side pinned to CPU {meta['server_cpu']}, load generator to "
+        f"CPU {meta['load_cpu']}, loopback. Throughput: {meta['clients']} clients, {meta['publishers']} "
+        f"publishers back to back for {meta['duration']:g} s. Fanout: {meta['events']} events at "
+        f"{meta['rate']:g}/s to idle streams. Environment: {meta['environment'] or 'no SSE_* variables'}. "
+        f"Load average at the start: {meta.get('loadavg', '?')}; {meta.get('seconds', '?')} s in all.\n"
+    )
+    busy = [r["background_busy_percent"] for r in results if r.get("background_busy_percent")]
+    if busy:
+        worst = max(max(b) for b in busy)
+        mean = sum(sum(b) for b in busy) / (2 * len(busy))
+        out.append(
+            f"Background load on the two cores just before each measurement (nothing of ours running): "
+            f"mean {mean:.0f}%, worst {worst:.0f}%"
+            + (" — other work shared the machine; compare rows within this run only.\n" if worst > 20 else ".\n")
+        )
+    out.append("## Headline\n")
+    out.append(
+        f"| server | throughput, deliveries/s | loss | server CPU | load CPU | fanout p50 at {top:,} | "
+        f"fanout p99 at {top:,} | fanout loss | memory per idle stream at {top:,} |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in servers:
+        thr = _find(results, name, "throughput")
+        fan = _find(results, name, "fanout", top)
+        f = figures[name]
+        cells = [f"**{SERVERS[name].title}**" if SERVERS[name].ours else SERVERS[name].title]
+        cells.append(_num(f["deliveries"]))
+        cells.append(_loss(thr))
+        cells.append(_cpu_text(thr, "server"))
+        cells.append(_cpu_text(thr, "load"))
+        cells.append(_ms(_latency(fan, "p50")))
+        p99 = _ms(_latency(fan, "p99")) if fan and _latency(fan, "p99") is not None else ""
+        held = _held(fan, top)
+        cells.append(f"{p99} ({held})" if p99 and held else p99 or held or "—")
+        cells.append(_loss(fan))
+        cells.append(_num(f["memory"], 1, " KiB"))
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+
+    if ours and peers:
+        out.append("## sse_flask against each peer\n")
+        out.append(
+            "Ratio of sse_flask's figure to the peer's. Throughput: above 1 is better; latency and memory: "
+            "below 1 is better. ✓ marks where sse_flask is ahead.\n"
+        )
+        heading = ["sse_flask row", "peer"] + [f"{_COLUMNS[k][0]}" for k in _COLUMNS]
+        out.append("| " + " | ".join(heading) + " |")
+        out.append("|---|---|" + "---:|" * len(_COLUMNS))
+        for mine in ours:
+            for peer in peers:
+                cells = [SERVERS[mine].title, SERVERS[peer].title]
+                for key, (_, larger_better) in _COLUMNS.items():
+                    a, b = figures[mine][key], figures[peer][key]
+                    if a is None or b is None or b == 0:
+                        cells.append("—")
+                        continue
+                    ratio = a / b
+                    ahead = ratio > 1 if larger_better else ratio < 1
+                    cells.append(f"{ratio:.2f}×" + (" ✓" if ahead else ""))
+                out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        out.append(_ranking(servers, figures, ours))
+
+    out.append("## Throughput in detail\n")
+    out.append(
+        "| server | published | expected | received | lost | dup | disconnects | latency p50 / p90 / p99 / max "
+        "| publish round trip p50 / p99 | server CPU (of which redis) | load CPU | RSS |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
+    for name in servers:
+        r = _find(results, name, "throughput")
+        if not _ok(r) or r is None:
+            out.append(f"| {SERVERS[name].title} | failed: see below |" + " |" * 10)
+            continue
+        load = r["load"]
+        lat = load.get("latency_ms") or {}
+        rtt = load.get("publish_rtt_ms") or {}
+        out.append(
+            f"| {SERVERS[name].title} | {load['published']:,} | {load['expected']:,} | {load['received']:,} | "
+            f"{load['lost']:,} | {load['duplicates']:,} | {load['disconnects']:,} | "
+            f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
+            f"{_ms(rtt.get('p50'))} / {_ms(rtt.get('p99'))} | {_server_cpu_text(r)} | "
+            f"{_cpu_text(r, 'load')} | {r['rss_after'] / 2**20:,.0f} MiB |"
+        )
+    out.append("")
+
+    out.append("## Fanout in detail\n")
+    out.append(
+        "| server | streams | held | connect | latency p50 / p90 / p99 / max | lost | server CPU | load CPU "
+        "| RSS empty → idle → after | per idle stream |"
+    )
+    out.append("|---|---:|---:|---:|---|---:|---:|---:|---|---:|")
+    for name in servers:
+        for n in fanout_sizes:
+            r = _find(results, name, "fanout", n)
+            if r is None:
+                continue
+            if not _ok(r):
+                held = f"{r.get('subscribed', 0):,}" if "subscribed" in r else "—"
+                out.append(f"| {SERVERS[name].title} | {n:,} | {held} | failed: see below |" + " |" * 6)
+                continue
+            lat = r["load"].get("latency_ms") or {}
+            out.append(
+                f"| {SERVERS[name].title} | {n:,} | {r['subscribed']:,} | {r['connect_seconds']:.1f} s | "
+                f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
+                f"{_loss(r)} | {_server_cpu_text(r)} | {_cpu_text(r, 'load')} | "
+                f"{r['rss_empty'] / 2**20:,.0f} → {r['rss_idle'] / 2**20:,.0f} → {r['rss_after'] / 2**20:,.0f} MiB | "
+                f"{r['memory_per_stream'] / 1024:,.1f} KiB |"
+            )
+    out.append("")
+
+    problems = [r for r in results if r.get("error") or ("load" in r and _load_problems(r))]
+    if problems:
+        out.append("## Problems seen\n")
+        for r in problems:
+            text = r.get("error") or _load_problems(r)
+            out.append(f"- **{SERVERS[r['server']].title}**, {r['mode']} with {r['streams']:,} streams:")
+            out.append("  ```")
+            out.extend("  " + line for line in str(text).strip().splitlines()[:25])
+            out.append("  ```")
+        out.append("")
+    out.append(
+        "Memory is the VmRSS of the server's whole process session (gunicorn master and worker, uvicorn, "
+        "the Go binary), plus its redis-server for the Redis rows; per idle stream is (RSS with every stream "
+        "open and idle − RSS with none) ÷ streams held. CPU is utime+stime from /proc over the measurement "
+        "window, in % of one core; the server side (with its redis-server) shares one core, so 100% means "
+        "the server was the bottleneck, and a load CPU near 100% means the load generator was. In brackets: "
+        "how busy the whole core was (/proc/stat), which adds the kernel's loopback TCP work done in softirq "
+        "and anything else that ran there. When neither side is near 100%, throughput is bound by the "
+        "publishers' round trips (each of the 4 waits for its answer before the next publish).\n"
+    )
+    return "\n".join(out)
+
+
+def _server_cpu(r: Result | None) -> float | None:
+    return None if r is None or "server_cpu_percent" not in r else r["server_cpu_percent"] + r["redis_cpu_percent"]
+
+
+def _server_cpu_text(r: Result) -> str:
+    text = _cpu_text(r, "server")
+    if r.get("redis_cpu_percent"):
+        text += f", redis {r['redis_cpu_percent']:.0f}%"
+    return text
+
+
+def _cpu_text(r: Result | None, side: str) -> str:
+    """The side's processes' CPU, and in brackets how busy its whole core was."""
+    if r is None or f"{side}_cpu_percent" not in r:
+        return "—"
+    value = _server_cpu(r) if side == "server" else r["load_cpu_percent"]
+    core = r.get(f"{side}_core_busy_percent")
+    return _pct(value) + (f" ({core:.0f}%)" if core is not None else "")
+
+
+def _loss(r: Result | None) -> str:
+    if r is None or "load" not in r:
+        return "—"
+    load = r["load"]
+    if not load.get("expected"):
+        return "—"
+    return f"{load['lost']:,} ({100 * load['lost'] / load['expected']:.2f}%)"
+
+
+def _held(r: Result | None, top: int) -> str:
+    """Empty if every stream was held, else how many, or "failed"."""
+    if r is None:
+        return ""
+    if "subscribed" in r and r["subscribed"] < top:
+        return f"held {r['subscribed']:,} of {top:,}"
+    return "failed" if not _ok(r) else ""
+
+
+def _load_problems(r: Result) -> str:
+    load = r["load"]
+    lines = []
+    if load.get("connect_stalled"):
+        lines.append(f"connect: {load['connect_stalled']}")
+    for message, count in (load.get("stream_errors") or {}).items():
+        lines.append(f"{count} streams: {message}")
+    for message, count in (load.get("publish_errors") or {}).items():
+        lines.append(f"{count} publishes: {message}")
+    if r.get("contended"):
+        lines.append(
+            f"the server's core was {r['server_core_busy_percent']:.0f}% busy but the server got "
+            f"{_server_cpu(r):.0f}%: other processes competed for the core, so this figure understates the server"
+        )
+    if r["mode"] == "fanout" and load.get("out_of_order"):
+        lines.append(f"{load['out_of_order']:,} deliveries arrived out of publish order (one publisher)")
+    if load.get("timed_out"):
+        lines.append("the load generator hit its deadline")
+    return "\n".join(lines)
+
+
+def _ranking(servers: list[str], figures: dict[str, dict[str, float | None]], ours: list[str]) -> str:
+    lines = []
+    for mine in ours:
+        firsts, behind = [], []
+        for key, (heading, larger_better) in _COLUMNS.items():
+            mine_value = figures[mine][key]
+            if mine_value is None:
+                behind.append(f"{heading} (no figure)")
+                continue
+            better = [
+                SERVERS[other].title
+                for other in servers
+                if other not in ours and figures[other][key] is not None
+                and ((figures[other][key] > mine_value) if larger_better else (figures[other][key] < mine_value))
+            ]  # fmt: skip
+            if better:
+                behind.append(f"{heading} (behind {', '.join(better)})")
+            else:
+                firsts.append(heading)
+        lines.append(
+            f"- **{SERVERS[mine].title}**: ahead of every peer in "
+            f"{', '.join(firsts) or 'no column'}" + (f"; {'; '.join(behind)}" if behind else "") + "."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[Result], path: Path) -> bool:
+    """Draw p99 (solid) and p50 (dotted) fanout latency against streams, a line per server.
+
+    Returns ``False`` without drawing if matplotlib is missing.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    drawn = False
+    sizes: set[int] = set()
+    for index, (name, server) in enumerate(SERVERS.items()):
+        # Points where the server held at least 99% of the streams; hollow if not all of them.
+        points = sorted(
+            (r["streams"], _latency(r, "p99"), _latency(r, "p50"), r["subscribed"] < r["streams"])
+            for r in results
+            if r["server"] == name and r["mode"] == "fanout" and _ok(r) and r.get("subscribed", 0) >= 0.99 * r["streams"]
+        )
+        points = [p for p in points if p[1] is not None]
+        if not points:
+            continue
+        color = f"C{index}"
+        xs = [p[0] for p in points]
+        sizes.update(xs)
+        width = 2.6 if server.ours else 1.6
+        ax.plot(xs, [p[1] for p in points], marker="o", color=color, linewidth=width, label=f"{server.title} p99")
+        for x, p99, _, partial in points:
+            if partial:
+                ax.plot([x], [p99], marker="o", markersize=9, markerfacecolor="white", color=color)
+        ax.plot(xs, [p[2] for p in points], linestyle=":", color=color, linewidth=1.2)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xticks(sorted(sizes))
+    ax.set_xticklabels([f"{n:,}" for n in sorted(sizes)])
+    ax.set_xlabel("idle streams (a hollow marker: the server held fewer than all, at least 99%)")
+    ax.set_ylabel("fanout latency, ms (log scale; solid p99, dotted p50)")
+    ax.set_yscale("log")
+    ax.set_title("Fanout latency against streams, one core each side")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True

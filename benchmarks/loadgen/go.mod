@@ -1,0 +1,3 @@
+module ssebench/loadgen
+
+go 1.19

@@ -1,0 +1,3 @@
+module ssebench/goserver
+
+go 1.19

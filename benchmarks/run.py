@@ -1,0 +1,176 @@
+"""Run the sse-flask benchmark: sse_flask and its peers side by side, one core each side.
+
+    python benchmarks/run.py                 # the full run (7 to 8 minutes on an idle machine)
+    python benchmarks/run.py --quick         # 1,000 streams, 3 s of throughput
+    python benchmarks/run.py --only sse_flask,go
+
+Writes results.md, results.json and fanout.png to benchmarks/results/ (a --quick run to
+benchmarks/results/quick/) and prints the table. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+import typing as t
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import procs, report  # noqa: E402
+from harness.scenario import Plan, run_scenario  # noqa: E402
+from harness.servers import BENCH_DIR, SERVERS, build_go  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1,000 streams, 3 s throughput, 10 events at 5/s")
+    parser.add_argument("--only", help=f"comma-separated servers, of: {', '.join(SERVERS)}")
+    parser.add_argument("--skip", help="comma-separated servers to leave out")
+    parser.add_argument("--streams", help="fanout sizes, comma-separated (default 1000,5000,10000)")
+    parser.add_argument("--duration", type=float, help="throughput seconds (default 10)")
+    parser.add_argument("--clients", type=int, help="throughput streams (default 100)")
+    parser.add_argument("--publishers", type=int, help="throughput publishers (default 4)")
+    parser.add_argument("--events", type=int, help="fanout events (default 20)")
+    parser.add_argument("--rate", type=float, help="fanout events per second (default 2)")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=0, metavar="SECONDS",
+        help="before each measurement, wait up to this long for both cores to be under 25%% busy",
+    )
+    parser.add_argument("--no-throughput", action="store_true", help="fanout only")
+    parser.add_argument("--no-fanout", action="store_true", help="throughput only")
+    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or results/quick)")
+    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only rewrite the report from a results.json")
+    parser.add_argument("--profile", action="store_true", help="py-spy record the sse_flask worker over each measurement window")
+    args = parser.parse_args(argv)
+
+    if args.report:
+        saved = json.loads(args.report.read_text())
+        _write_report(saved["results"], saved["meta"], args.out or args.report.parent)
+        return 0
+    names = _select(args.only, args.skip)
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, load_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])
+    if len(cpus) < 2:
+        print("warning: one CPU only; the server and the load generator share it", file=sys.stderr)
+    os.sched_setaffinity(0, {load_cpu})  # this runner is part of the load side
+
+    plan = Plan(server_cpu=server_cpu, load_cpu=load_cpu)
+    if args.quick:
+        plan = Plan(server_cpu=server_cpu, load_cpu=load_cpu, duration=3.0, streams=(1000,), events=10, rate=5.0)
+    overrides: dict[str, t.Any] = {}
+    if args.streams:
+        overrides["streams"] = tuple(int(n) for n in args.streams.split(","))
+    overrides["quiet_wait"] = args.wait_quiet
+    for key in ("duration", "clients", "publishers", "events", "rate"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    plan = Plan(**{**plan.__dict__, **overrides})
+    out = args.out or (BENCH_DIR / "results" / ("quick" if args.quick else ""))
+    out.mkdir(parents=True, exist_ok=True)
+
+    loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    # SIGINT too: a shell that starts the run in the background makes it ignored otherwise.
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    results: list[dict[str, t.Any]] = []
+    started = time.monotonic()
+    try:
+        binaries = build_go(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench")
+        with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
+            scenarios = [] if args.no_throughput else [("throughput", plan.clients)]
+            scenarios += [] if args.no_fanout else [("fanout", n) for n in plan.streams]
+            for mode, streams in scenarios:
+                for name in names:
+                    print(f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {streams:,} streams", flush=True)
+                    profile = None
+                    if args.profile and SERVERS[name].ours:
+                        profile = out / f"profile-{name}-{mode}-{streams}.speedscope.json"
+                    result = run_scenario(SERVERS[name], mode, streams, plan, binaries, Path(tmp), profile=profile)
+                    results.append(result)
+                    print("         " + _one_line(result), flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: stopping every process and writing what was measured", file=sys.stderr)
+    except RuntimeError as e:  # the Go build
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        procs.stop_all()
+    if not results:
+        return 1
+    meta = {
+        "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}",
+        "server_cpu": server_cpu,
+        "load_cpu": load_cpu,
+        "environment": ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("SSE_")),
+        "seconds": round(time.monotonic() - started),
+        "loadavg": loadavg,
+        **{key: getattr(plan, key) for key in ("clients", "publishers", "duration", "events", "rate")},
+        "streams": list(plan.streams),
+    }
+    _write_report(results, meta, out)
+    print(f"total {meta['seconds']} s")
+    return 0
+
+
+def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: Path) -> None:
+    text = report.markdown(results, meta)
+    (out / "results.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    drawn = report.plot(results, out / "fanout.png")
+    print()
+    print(text)
+    print(f"written: {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'fanout.png'}" if drawn else ""))
+
+
+def _select(only: str | None, skip: str | None) -> list[str]:
+    names = list(SERVERS)
+    if only:
+        names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names + (skip.split(",") if skip else []) if n.strip() not in SERVERS]
+    if unknown:
+        raise SystemExit(f"unknown server {', '.join(unknown)}; known: {', '.join(SERVERS)}")
+    if skip:
+        names = [n for n in names if n not in {s.strip() for s in skip.split(",")}]
+    return names
+
+
+def _one_line(r: dict[str, t.Any]) -> str:
+    if r.get("error"):
+        return "FAILED: " + r["error"].splitlines()[0]
+    load = r["load"]
+    lat = load.get("latency_ms") or {}
+    parts = [f"held {r['subscribed']:,}", f"lost {load['lost']:,}/{load['expected']:,}"]
+    if r["mode"] == "throughput":
+        parts.insert(0, f"{load['deliveries_per_second']:,.0f} deliveries/s")
+    if lat:
+        parts.append(f"p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f} ms")
+    parts.append(f"server CPU {r['server_cpu_percent'] + r['redis_cpu_percent']:.0f}%, load CPU {r['load_cpu_percent']:.0f}%")
+    parts.append(f"{r['memory_per_stream'] / 1024:.1f} KiB/stream")
+    return "; ".join(parts)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _interrupted(signum: int, frame: t.Any) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,436 @@
+"""The browser side, end to end: headless Chromium drives the demo page and sse-flask.js
+against ``sse-flask serve`` (gunicorn, gevent workers) over real HTTP/1.1.
+
+Chromium is Debian's, driven by Playwright for Python; nothing is downloaded. A failing
+test leaves a screenshot of each of its pages in ``tests/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import threading
+import time
+import typing as t
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import Server, need, wait_until
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # skipped locally, failed in CI, by the browser fixture
+    sync_playwright = None
+
+if t.TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root there is no sandbox; and the machine has no outside network, so nothing that
+# would reach for it (updates, sync, QUIC probes).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+STATUS = "document.getElementById('status').textContent"
+
+
+@pytest.fixture(scope="module")
+def browser() -> t.Iterator[Browser]:
+    need("chromium", shutil.which("chromium") or Path("/usr/bin/chromium").exists())
+    need("playwright", sync_playwright)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser, serve: t.Callable[..., Server], request: pytest.FixtureRequest) -> t.Iterator[BrowserContext]:
+    """A fresh browser profile; its pages are screenshot if the test fails, and any
+    uncaught error in a page fails the test. It closes before the servers stop (it
+    depends on ``serve``), so that no stream keeps a stopping worker waiting."""
+    context = browser.new_context(viewport={"width": 1000, "height": 800})
+    errors: list[str] = []
+    context.on("weberror", lambda error: errors.append(str(error.error)))
+    failed = request.session.testsfailed
+    yield context
+    # The call phase has been reported by now: a failure has been counted.
+    if request.session.testsfailed > failed:
+        SCREENSHOTS.mkdir(exist_ok=True)
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        for number, page in enumerate(context.pages):
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(SCREENSHOTS / f"{name}-{number}.png"), full_page=True)
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def open_demo(context: BrowserContext, url: str, query: str = "") -> Page:
+    """Open the demo page and wait for it to show "open"."""
+    page = context.new_page()
+    page.goto(f"{url}/{query}")
+    wait_for_status(page, "open")
+    return page
+
+
+def wait_for_status(page: Page, status: str, timeout: float = 10) -> None:
+    page.wait_for_function(f"{STATUS} === {status!r}", timeout=timeout * 1000)
+
+
+def record_states(page: Page) -> None:
+    """From now on, keep every status the page shows in ``window.states``."""
+    page.evaluate(
+        """() => {
+            const status = document.getElementById('status');
+            window.states = [status.textContent];
+            new MutationObserver(() => window.states.push(status.textContent))
+                .observe(status, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+
+
+def messages(page: Page, *, event_type: str | None = "message") -> list[dict[str, str]]:
+    """The page's message list, oldest first: type, id, data and the line of metadata."""
+    shown = page.evaluate(
+        """() => [...document.querySelectorAll('#messages li')].reverse().map(li => ({
+            type: li.dataset.type, id: li.dataset.id,
+            data: li.querySelector('.data').textContent, meta: li.querySelector('.meta').textContent}))"""
+    )
+    return [m for m in shown if event_type is None or m["type"] == event_type]
+
+
+def wait_for_message(page: Page, data: str, timeout: float = 10) -> None:
+    page.wait_for_function(
+        "data => [...document.querySelectorAll('#messages .data')].some(e => e.textContent === data)",
+        arg=data,
+        timeout=timeout * 1000,
+    )
+
+
+def mode(page: Page) -> str:
+    return str(page.evaluate("document.getElementById('mode').dataset.mode"))
+
+
+# ---------------------------------------------------------------- the demo page
+
+
+def test_page_opens_and_shows_each_message_at_once(context: BrowserContext, server: Server) -> None:
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
+    page = open_demo(context, server.url)
+    # Chromium has SharedWorker: that is how this page shares its stream.
+    assert mode(page) == "worker"
+
+    event_id = server.say("published with /say")
+    wait_for_message(page, "published with /say", timeout=1)
+
+    page.fill("#message", "typed into the form")
+    page.fill("#event-type", "greeting")
+    page.press("#message", "Enter")
+    wait_for_message(page, "typed into the form", timeout=1)
+
+    first, typed = messages(page, event_type=None)
+    assert first["type"] == "message" and first["id"] == event_id
+    assert re.search(r"\d:\d\d", first["meta"]) and "id " + event_id in first["meta"]
+    assert typed["type"] == "greeting" and typed["id"] and typed["id"] != event_id
+    assert page.input_value("#message") == ""
+    assert page.text_content("#last-id") == typed["id"]
+    page.wait_for_function("document.getElementById('consumers').textContent === '1'", timeout=10_000)
+    # No CDN: the page, its scripts, its worker and its stream all come from the server.
+    assert requested and all(url.startswith(server.url + "/") for url in requested), requested
+
+
+def test_data_is_shown_as_text_never_as_html(context: BrowserContext, server: Server) -> None:
+    page = open_demo(context, server.url)
+    sent = [
+        "<b>x</b>",
+        '<img src="nowhere" onerror="window.injected = true">',
+        "<script>window.injected = true</script>",
+        "two\nlines",
+    ]
+    for data in sent:
+        server.say(data)
+    server.say({"order": 7, "items": ["<i>a</i>"]}, event="order")
+    wait_for_message(page, '{"order":7,"items":["<i>a</i>"]}')
+
+    assert [m["data"] for m in messages(page)] == sent
+    assert page.locator("#messages b, #messages img, #messages script, #messages i").count() == 0
+    assert page.evaluate("window.injected") is None
+
+
+def test_channel_picker_listens_to_the_channels_chosen(context: BrowserContext, server: Server) -> None:
+    page = open_demo(context, server.url)
+    page.fill("#channels", "news alerts")
+    page.press("#channels", "Enter")
+    wait_for_status(page, "open")
+    wait_until(lambda: server.stats()["channels"] == {"alerts": 1, "news": 1}, 10, "one stream on news and alerts")
+    assert "channel=alerts&channel=news" in page.url
+
+    server.say("on default")
+    server.say("on news", channel="news")
+    server.say("on alerts", channel="alerts", event="alert")
+    wait_for_message(page, "on alerts")
+    assert [(m["type"], m["data"]) for m in messages(page, event_type=None)] == [("message", "on news"), ("alert", "on alerts")]
+
+    # The send form publishes to the first channel listened to unless told otherwise.
+    page.fill("#message", "from the form")
+    page.press("#message", "Enter")
+    wait_for_message(page, "from the form", timeout=1)
+
+
+def test_page_is_keyboard_friendly_and_fits_a_phone(context: BrowserContext, server: Server) -> None:
+    page = open_demo(context, server.url)
+    page.set_viewport_size({"width": 360, "height": 740})
+    server.say("a rather long message " * 20)
+    server.say("x" * 300, event="a-long-event-type-name")
+    wait_for_message(page, "x" * 300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+    # "/" jumps to the message box; Enter sends; the focus stays there for the next one.
+    page.locator("body").press("/")
+    assert page.evaluate("document.activeElement.id") == "message"
+    page.keyboard.type("sent with the keyboard")
+    page.keyboard.press("Enter")
+    wait_for_message(page, "sent with the keyboard", timeout=1)
+    assert page.evaluate("document.activeElement.id") == "message"
+    # Every control can be reached with Tab, in reading order.
+    page.focus("a.skip")
+    reached = []
+    for _ in range(8):
+        reached.append(page.evaluate("document.activeElement.id || document.activeElement.textContent"))
+        page.keyboard.press("Tab")
+    assert reached == ["Skip to the message box", "channels", "Listen", "message", "event-type", "say-channel", "Send", "clear"]
+
+
+def test_helper_api_typed_handlers_and_json(context: BrowserContext, server: Server) -> None:
+    """SSEFlask.connect on its own: the stream beside the script by default, typed handlers,
+    "*" for every type, JSON parsed where it is JSON, and close() ends the stream."""
+    page = context.new_page()
+    page.goto(server.url + "/?channel=elsewhere")
+    page.evaluate(
+        """() => new Promise(resolve => {
+            window.got = [];
+            window.api = SSEFlask.connect({channels: ["api", "api2"], json: true, share: "none", onstate: state => {
+                window.got.push(["state", state]);
+                if (state === "open") { resolve(); }
+            }});
+            api.on("order", (order, event) => got.push(["order", order, event.id]));
+            const off = api.on("message", text => got.push(["message", text]));
+            api.on("message", text => { if (text === "last") { off(); } });
+            api.on("*", (data, event) => got.push(["*", event.type]));
+        })"""
+    )
+    assert page.evaluate("api.mode") == "direct"
+    order_id = server.say({"order": 7, "lines": [1, 2]}, event="order", channel="api")
+    server.say("plain text", channel="api2")
+    server.say("last", channel="api")
+    server.say("after off", channel="api")
+    page.wait_for_function("got.some(g => g[0] === '*' && g[1] === 'message') && got.filter(g => g[0] === '*').length === 4")
+    assert page.evaluate("got") == [
+        ["state", "connecting"],
+        ["state", "open"],
+        ["order", {"order": 7, "lines": [1, 2]}, order_id],
+        ["*", "order"],
+        ["message", "plain text"],
+        ["*", "message"],
+        ["message", "last"],
+        ["*", "message"],
+        ["*", "message"],
+    ]
+    assert server.stats()["channels"] == {"api": 1, "api2": 1, "elsewhere": 1}
+    page.evaluate("api.close()")
+    wait_until(lambda: server.stats()["channels"] == {"elsewhere": 1}, 10, "the helper's stream to close")
+    assert page.evaluate("api.state") == "closed"
+
+
+# ---------------------------------------------------------------- resilience
+
+
+def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
+    """Graceful restart (SIGHUP): the old worker closes its streams, the page reconnects to
+    the new worker with Last-Event-ID and gets `missed` (the in-process history died with
+    the old worker) and then everything the new one retained. Every publish accepted
+    during the restart is on the page once, in order."""
+    server = serve(env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "500"})
+    page = open_demo(context, server.url)
+    record_states(page)
+    accepted = [f"before {n}" for n in range(3)]
+    for data in accepted:
+        server.say(data)
+    wait_for_message(page, accepted[-1])
+
+    stop = threading.Event()
+
+    def publish() -> None:
+        # Retry each event until the server accepts it; count only what was accepted.
+        number = 0
+        while not stop.is_set():
+            number += 1
+            data = f"during {number}"
+            while True:
+                with contextlib.suppress(requests.RequestException):
+                    if requests.post(server.url + "/say", json={"data": data}, timeout=5).status_code == 200:
+                        accepted.append(data)
+                        break
+                stop.wait(0.05)
+            stop.wait(0.02)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_until(lambda: len(accepted) > 8, 10, "a few events published before the restart")
+        server.reload()
+        published = len(accepted)
+        wait_until(lambda: len(accepted) > published + 5, 10, "a few events published after the restart")
+    finally:
+        stop.set()
+        publisher.join()
+    server.say("after")
+    accepted.append("after")
+    wait_for_message(page, "after", timeout=20)
+
+    states = page.evaluate("window.states")
+    assert states[0] == "open" and "reconnecting" in states and states[-1] == "open", states
+    shown = messages(page)
+    assert [m["data"] for m in shown] == accepted
+    assert len({m["id"] for m in shown}) == len(shown)
+    missed = messages(page, event_type="missed")
+    assert missed, "the page was not told that the new worker does not have the old one's history"
+
+
+def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
+    """A 500 and a 503 would make EventSource give up for good; sse-flask.js waits (at
+    least Retry-After) and comes back with the last event id, missing nothing."""
+    server = serve(app="apps.browser_faults:create_app", env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300"})
+    page = open_demo(context, server.url)
+    first = server.say("before the outage")
+    wait_for_message(page, "before the outage")
+    page.evaluate(
+        """() => {
+            window.details = [];
+            const detail = document.getElementById('status-detail');
+            new MutationObserver(() => window.details.push(detail.textContent))
+                .observe(detail, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    record_states(page)
+    server.post("/_faults", json={"answers": [[500, None], [503, "2"]], "drop": True}).raise_for_status()
+    wait_for_status(page, "reconnecting")
+    server.say("during the outage 1")
+    server.say("during the outage 2", event="update")
+    wait_for_message(page, "during the outage 2", timeout=15)
+    wait_for_status(page, "open")
+
+    attempts = server.get("/_faults").json()[1:]
+    assert [status for _, status, _ in attempts] == [500, 503, None]
+    assert all(last_event_id == first for _, _, last_event_id in attempts)
+    (_, _, _), (at_503, _, _), (at_retry, _, _) = attempts
+    assert at_retry - at_503 >= 2.0, "reconnected before Retry-After"
+    assert at_retry - at_503 < 2.0 * 1.25 + 1.0
+    assert [m["data"] for m in messages(page, event_type=None)] == ["before the outage", "during the outage 1", "during the outage 2"]
+    details = " | ".join(page.evaluate("window.details"))
+    assert "500" in details and "503" in details and "fault injected" in details, details
+    assert "closed" not in page.evaluate("window.states")
+
+
+def test_refused_channel_closes_with_the_servers_reason(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
+    server = serve(app="apps.browser_faults:create_app")
+    page = context.new_page()
+    page.goto(server.url + "/?channel=forbidden")
+    wait_for_status(page, "closed")
+    assert "403" in page.text_content("#status-detail")
+    assert "you may not listen to channel 'forbidden'" in page.text_content("#status-detail")
+
+
+# ---------------------------------------------------------------- one stream for all tabs
+
+
+@pytest.mark.parametrize("share", ["worker", "leader"])
+def test_ten_tabs_share_one_stream(context: BrowserContext, server: Server, share: str) -> None:
+    """Over HTTP/1.1 a browser opens at most 6 connections per origin: ten tabs with a
+    stream each could not even load. Shared, they hold one stream, and closing the tab
+    that holds it (leader mode) hands it to another without losing an event."""
+    pages = [open_demo(context, server.url, f"?share={share}") for _ in range(10)]
+    if share == "worker":
+        assert {mode(page) for page in pages} == {"worker"}
+        holder = pages[3]
+    else:
+        assert sorted(mode(page) for page in pages) == ["follower"] * 9 + ["leader"]
+        holder = next(page for page in pages if mode(page) == "leader")
+    wait_until(lambda: server.stats()["consumers"] == 1, 10, "one stream for ten tabs")
+
+    server.say("to every tab")
+    for page in pages:
+        wait_for_message(page, "to every tab", timeout=2)
+
+    holder.close()
+    rest = [page for page in pages if page is not holder]
+    # Published at once: a new leader resumes from the last id it saw, so it gets it too.
+    server.say("after the holder left")
+    for page in rest:
+        wait_for_message(page, "after the holder left")
+    if share == "leader":
+        assert sorted(mode(page) for page in rest) == ["follower"] * 8 + ["leader"]
+    wait_until(lambda: server.stats()["consumers"] == 1, 10, "still one stream")
+    for page in rest:
+        assert [m["data"] for m in messages(page)] == ["to every tab", "after the holder left"]
+
+
+def test_tabs_leave_and_the_stream_closes(context: BrowserContext, server: Server) -> None:
+    pages = [open_demo(context, server.url) for _ in range(2)]
+    wait_until(lambda: server.stats()["consumers"] == 1, 10, "one stream for two tabs")
+    for page in pages:
+        page.close()
+    wait_until(lambda: server.stats()["consumers"] == 0, 10, "the stream closed with the last tab")
+
+
+# ---------------------------------------------------------------- the parser
+
+
+PARSER_CASES: list[tuple[list[str], list[tuple[str, str, str | None]]]] = [
+    (["data: a\n\n"], [("message", "a", None)]),
+    (["data: a\r\n\r\n", "data: b\r\r", "data: c\n\n"], [("message", "a", None), ("message", "b", None), ("message", "c", None)]),
+    # CRLF split across chunks is one line break, not two.
+    (["data: a\r", "\ndata: b\r", "\n\r", "\n"], [("message", "a\nb", None)]),
+    (["da", "ta", ":", " x", "\n", "\n"], [("message", "x", None)]),
+    (["event: order\nid: e-1\ndata: {\"n\": 1}\n\n"], [("order", '{"n": 1}', "e-1")]),
+    (["data:no space\ndata:  two spaces\n\n"], [("message", "no space\n two spaces", None)]),
+    ([": heartbeat\n\ndata\n\n"], [("message", "", None)]),
+    (["id: e-2\n\n", "event: ping\n\n", "data: after\n\n"], [("message", "after", None)]),
+    (["id: a\0b\ndata: x\n\n"], [("message", "x", None)]),
+    (["retry: 1234\nretry: soon\ndata: x\n\n"], [("message", "x", None)]),
+    (["data: unfinished"], []),
+]
+
+
+def test_parser_reads_streams_as_the_standard_says(context: BrowserContext, server: Server) -> None:
+    page = open_demo(context, server.url)
+    for chunks, expected in PARSER_CASES:
+        events = page.evaluate(
+            """chunks => {
+                const events = [];
+                const parser = new SSEFlask.Parser("", e => e && events.push([e.type, e.data, e.id]), () => {});
+                chunks.forEach(chunk => parser.feed(chunk));
+                return events;
+            }""",
+            chunks,
+        )
+        assert [tuple(event) for event in events] == expected, chunks
+    retries = page.evaluate("""() => { const r = []; new SSEFlask.Parser("", () => {}, v => r.push(v)).feed("retry: 1234\\nretry: soon\\nretry: 5s\\n\\n"); return r; }""")
+    assert retries == [1234]
+    # An id with NUL is ignored; the last good one is what a reconnection sends.
+    last = page.evaluate("""() => { const p = new SSEFlask.Parser("", () => {}, () => {}); p.feed("id: e-2\\n\\nid: a\\u0000b\\n\\n"); return p.lastEventId; }""")
+    assert last == "e-2"
