@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import ipaddress
 import json
 import logging
@@ -37,8 +38,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 #: Settings for long-lived streams, whatever gunicorn's defaults are.
 GUNICORN_SETTINGS: dict[str, t.Any] = {
     "worker_class": "gevent",
-    # Each open stream holds one of a worker's connections; gunicorn's default is 1000.
-    "worker_connections": 10000,
+    # Each open stream holds one of a worker's connections (gunicorn's default is 1000);
+    # room for 10,000 streams and the requests that publish and poll beside them.
+    "worker_connections": 20000,
     # Seconds a stopping worker waits for open requests. Streams are closed as soon as the
     # worker is told to stop (see post_worker_init), so this only bounds stragglers.
     "graceful_timeout": 10,
@@ -210,6 +212,13 @@ def post_worker_init(worker: Worker) -> None:
         logger.handlers = worker.log.error_log.handlers
         logger.setLevel(worker.log.error_log.level)
         logger.propagate = False
+    # Everything allocated while loading the app lives as long as the worker: keep it out
+    # of the collector's way, and collect less often. Each wake-up of thousands of streams
+    # allocates a little, and with the default thresholds collections were the largest
+    # cost of fanning an event out to 5,000 streams (p99 924 ms, 290 ms with these).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     # gunicorn logs "Booting worker" before the app loads; this says the worker serves.
     worker.log.info("Worker ready (pid: %s)", worker.pid)
 

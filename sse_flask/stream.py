@@ -21,7 +21,7 @@ import time
 import typing as t
 import zlib
 
-from .broker.fanout import CLIENT, SLOW, Subscription
+from .broker.fanout import CLIENT, SLOW, TICK, Subscription
 from .events import encode_comment, encode_retry
 from .metrics import metrics
 
@@ -123,10 +123,16 @@ class EventStream:
         now = last_write = last_count = time.monotonic()
         deadline = now + self._lifetime if self._lifetime is not None else None
         while True:
-            timeout = last_write + self._heartbeat - now
+            due = last_write + self._heartbeat
             if deadline is not None:
-                timeout = min(timeout, deadline - now)
-            chunk = subscription.wait(max(timeout, 0.0))
+                due = min(due, deadline)
+            if due - now > TICK:
+                # Far off: the fan-out's ticker wakes us up to one tick early, and a short
+                # timed wait does the rest; a timed wait on every wake-up costs far more.
+                subscription.wake_at = due - TICK
+                chunk = subscription.wait(None)
+            else:
+                chunk = subscription.wait(max(due - now, 0.0))
             now = time.monotonic()
             if chunk:
                 yield chunk

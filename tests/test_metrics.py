@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
+import socket
 import typing as t
 
 from conftest import RawStream, Server, StreamClient, wait_until
@@ -36,11 +38,23 @@ def test_open_streams_are_summed_over_four_workers(serve: t.Callable[..., Server
             assert sample(server, "sse_streams_open") == 40
         victim = max(held, key=held.__getitem__)
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: sample(server, "sse_streams_open") == 40 - held[victim], 20, "the killed worker's streams to drop out")
+        dead = wait_until(lambda: sum(map(_closed, streams)), 20, "the killed worker's streams to end")
+        wait_until(lambda: sample(server, "sse_streams_open") == 40 - dead, 20, "the killed worker's streams to drop out")
     finally:
         for raw in streams:
             raw.close()
     wait_until(lambda: sample(server, "sse_streams_open") == 0, 20, "every stream to close")
+
+
+def _closed(raw: RawStream) -> bool:
+    """Whether the server has closed ``raw``'s connection (a killed worker's streams)."""
+    readable, _, _ = select.select([raw.sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return raw.sock.recv(65536, socket.MSG_PEEK) == b""
+    except ConnectionError:
+        return True
 
 
 def _sockets(pid: int) -> int:

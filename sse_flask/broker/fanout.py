@@ -13,10 +13,16 @@ makes the server buffer without bound.
 from __future__ import annotations
 
 import collections
+import math
+import os
 import threading
+import time
 import typing as t
 
 __all__ = ["Fanout", "Subscription"]
+
+#: Seconds between the ticker's rounds: how late a wake-up by ``wake_at`` may be.
+TICK = 0.25
 
 #: Why a subscription ended, as :attr:`Subscription.closed` reports it.
 SLOW = "slow consumer"
@@ -32,7 +38,10 @@ class Subscription:
     :attr closed: ``None`` while open, else why the subscription ended.
     """
 
-    __slots__ = ("channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "_frames", "_wakeup", "_limit", "_fanout")
+    __slots__ = (
+        "channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "wake_at",
+        "_frames", "_wakeup", "_limit", "_fanout",
+    )
 
     def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
         self.channels = tuple(dict.fromkeys(channels))
@@ -42,6 +51,9 @@ class Subscription:
         self.closed: str | None = None
         #: Live frames handed out by :meth:`wait` so far.
         self.taken = 0
+        #: When (``time.monotonic()``) the fan-out's ticker should wake a :meth:`wait`
+        #: without a timeout: the stream's next heartbeat or deadline.
+        self.wake_at = math.inf
         #: Called, with the fan-out lock held, when the subscription is cut off for falling
         #: behind; the stream uses it to unblock a write to a client that does not read.
         self.on_drop: t.Callable[[], None] | None = None
@@ -86,7 +98,13 @@ class Subscription:
 
 
 class Fanout:
-    """The subscriptions of one broker in this process, by channel."""
+    """The subscriptions of one broker in this process, by channel.
+
+    A ticker thread (a greenlet under gevent) wakes each subscription whose ``wake_at``
+    has come, every :data:`TICK` seconds, so that idle streams can wait without a
+    timeout: a timed wait costs a timer per wake-up, which adds up to a fifth of a
+    worker's time when thousands of streams wake for every event.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -94,7 +112,8 @@ class Fanout:
         #: Set by :meth:`close_all`: the process is stopping, and new subscriptions end at once.
         self.closed = False
         self._channels: dict[str, set[Subscription]] = {}
-        self._count = 0
+        self._subscriptions: set[Subscription] = set()
+        self._ticker_pid: int | None = None
 
     def new(self, channels: t.Sequence[str], limit: int) -> Subscription:
         """Register a subscription to ``channels``. The caller holds :attr:`lock`.
@@ -108,7 +127,11 @@ class Fanout:
             return subscription
         for channel in subscription.channels:
             self._channels.setdefault(channel, set()).add(subscription)
-        self._count += 1
+        self._subscriptions.add(subscription)
+        if self._ticker_pid != os.getpid():
+            # Started on first use, and again in a forked child, which has no threads.
+            self._ticker_pid = os.getpid()
+            threading.Thread(target=self._tick, name="sse-flask ticker", daemon=True).start()
         return subscription
 
     def deliver(self, channel: str, frame: bytes, position: t.Any = None) -> None:
@@ -153,7 +176,17 @@ class Fanout:
     def counts(self) -> tuple[int, dict[str, int]]:
         """Return the number of open subscriptions, and of subscribers per channel."""
         with self.lock:
-            return self._count, {channel: len(subs) for channel, subs in self._channels.items()}
+            return len(self._subscriptions), {channel: len(subs) for channel, subs in self._channels.items()}
+
+    def _tick(self) -> None:
+        while not self.closed:
+            time.sleep(TICK)
+            with self.lock:
+                subscriptions = list(self._subscriptions)
+            now = time.monotonic()
+            for subscription in subscriptions:
+                if subscription.wake_at <= now:
+                    subscription.wake()
 
     def _unregister(self, subscription: Subscription, reason: str) -> None:
         if subscription.closed is not None:
@@ -164,5 +197,5 @@ class Fanout:
             subscribers.discard(subscription)
             if not subscribers:
                 del self._channels[channel]
-        self._count -= 1
+        self._subscriptions.discard(subscription)
         subscription.wake()
