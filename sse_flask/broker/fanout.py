@@ -173,10 +173,13 @@ class Fanout:
         for subscription in {s for subs in self._channels.values() for s in subs}:
             self._unregister(subscription, reason)
 
-    def counts(self) -> tuple[int, dict[str, int]]:
-        """Return the number of open subscriptions, and of subscribers per channel."""
+    def stats(self, *, backend: str, published: int) -> dict[str, t.Any]:
+        """A broker's ``/stats``: open subscriptions in all and per channel, ``published``,
+        slow consumers dropped, and ``backend``."""
         with self.lock:
-            return len(self._subscriptions), {channel: len(subs) for channel, subs in self._channels.items()}
+            channels = {channel: len(subs) for channel, subs in self._channels.items()}
+            consumers = len(self._subscriptions)
+        return {"consumers": consumers, "channels": channels, "published": published, "dropped": self.dropped, "backend": backend}
 
     def _tick(self) -> None:
         while not self.closed:

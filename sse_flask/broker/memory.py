@@ -65,18 +65,10 @@ class MemoryBroker:
             subscription = self._fanout.new(channels, queue_size)
             if last_event_id is not None:
                 self._replay(subscription, last_event_id)
-
         return subscription
 
     def stats(self) -> dict[str, t.Any]:
-        consumers, channels = self._fanout.counts()
-        return {
-            "consumers": consumers,
-            "channels": channels,
-            "published": self.published,
-            "dropped": self._fanout.dropped,
-            "backend": self.name,
-        }
+        return self._fanout.stats(backend=self.name, published=self.published)
 
     def ping(self) -> None:
         """Always reachable."""

@@ -140,14 +140,7 @@ class RedisBroker:
         return subscription
 
     def stats(self) -> dict[str, t.Any]:
-        consumers, channels = self._fanout.counts()
-        return {
-            "consumers": consumers,
-            "channels": channels,
-            "published": self.published,
-            "dropped": self._fanout.dropped,
-            "backend": self.name,
-        }
+        return self._fanout.stats(backend=self.name, published=self.published)
 
     def ping(self) -> None:
         import redis
