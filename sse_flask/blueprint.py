@@ -228,14 +228,23 @@ def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
     """``data``, ``event`` and ``channel`` from a JSON object or form fields."""
     # Room for JSON escapes and white space around the largest data allowed.
     limit = request.max_content_length = 8 * settings.max_data_bytes + 65536
+    too_large = DataTooLarge(
+        f"the request body is over {limit} bytes, the most /say reads for data of up to "
+        f"{settings.max_data_bytes} bytes (SSE_MAX_DATA_BYTES)"
+    )
     try:
         body = request.get_data(cache=True)
         form = request.form
     except RequestEntityTooLarge:
-        raise DataTooLarge(
-            f"the request body is over {limit} bytes, the most /say reads for data of up to "
-            f"{settings.max_data_bytes} bytes (SSE_MAX_DATA_BYTES)"
-        ) from None
+        raise too_large from None
+    except HTTPException:
+        raise
+    except Exception as e:
+        # The server failed to read the body (gunicorn: a malformed chunk); the request is at fault.
+        raise InvalidInput(f"the request body could not be read: {e}") from None
+    if len(body) >= limit:
+        # A chunked body has no length to refuse up front; werkzeug stops reading it at the limit.
+        raise too_large
     if request.is_json:
         try:
             fields = json.loads(body)

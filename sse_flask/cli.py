@@ -140,6 +140,7 @@ class _Server:
                         self.cfg.set(key, value)
                 self.cfg.set("post_worker_init", post_worker_init)
                 self.cfg.set("child_exit", child_exit)
+                self.cfg.set("worker_exit", worker_exit)
 
             def load(self) -> Flask:
                 return _load_app(app_uri, options["bind"])
@@ -190,6 +191,13 @@ def child_exit(server: t.Any, worker: Worker) -> None:
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
+def worker_exit(server: t.Any, worker: Worker) -> None:
+    """gunicorn hook, in an exiting worker: hand back to the collector what
+    :func:`post_worker_init` froze, so that it goes before the interpreter tears modules
+    down (freed later, logging's handlers fail noisily under gevent)."""
+    gc.unfreeze()
+
+
 def post_worker_init(worker: Worker) -> None:
     """gunicorn hook: make SIGTERM (a graceful stop or reload) also end this worker's open streams, so
     that its clients reconnect to another worker at once instead of hanging until the
@@ -208,10 +216,10 @@ def post_worker_init(worker: Worker) -> None:
     signal.signal(signal.SIGTERM, on_term)
     logger = logging.getLogger("sse_flask")
     if not logger.handlers:
-        # Our lines (a stream closed, Redis lost) go where gunicorn's own go.
-        logger.handlers = worker.log.error_log.handlers
+        # Our lines (a stream closed, Redis lost) go where gunicorn's own go, through its
+        # logger's handlers (sharing the handlers themselves makes logging complain at exit).
+        logger.parent = worker.log.error_log
         logger.setLevel(worker.log.error_log.level)
-        logger.propagate = False
     # Everything allocated while loading the app lives as long as the worker: keep it out
     # of the collector's way, and collect less often. Each wake-up of thousands of streams
     # allocates a little, and with the default thresholds collections were the largest

@@ -10,8 +10,8 @@ where values live when it is imported, from the environment of that moment.
 
 from __future__ import annotations
 
-import functools
 import os
+import threading
 import typing as t
 
 if t.TYPE_CHECKING:
@@ -45,10 +45,18 @@ class Metrics:
         )
 
 
-@functools.cache
+_created: list[Metrics] = []
+_creating = threading.Lock()
+
+
 def metrics() -> Metrics:
-    """This process's metrics, created on first use."""
-    return Metrics()
+    """This process's metrics, created on first use (once, though threads race to it:
+    prometheus_client refuses a metric registered twice)."""
+    if not _created:
+        with _creating:
+            if not _created:
+                _created.append(Metrics())
+    return _created[0]
 
 
 def exposition() -> tuple[bytes, str]:

@@ -63,7 +63,9 @@ class MemoryBroker:
         """
         with self._fanout.lock:
             subscription = self._fanout.new(channels, queue_size)
-            if last_event_id is not None:
+            # A subscription born closed (the worker is stopping) replays nothing: its
+            # client keeps its id and resumes where it reconnects.
+            if last_event_id is not None and subscription.closed is None:
                 self._replay(subscription, last_event_id)
         return subscription
 
@@ -91,7 +93,8 @@ class MemoryBroker:
 
     def _known_sequence(self, last_event_id: str) -> int | None:
         epoch, _, sequence = last_event_id.partition("-")
-        if epoch != self._epoch or not sequence.isdigit() or not sequence.isascii():
+        # Longer than any sequence this broker issues (and int() refuses 4,300 digits).
+        if epoch != self._epoch or not sequence.isdigit() or not sequence.isascii() or len(sequence) > 20:
             return None
         number = int(sequence)
         return number if number <= self._sequence else None

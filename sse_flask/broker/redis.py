@@ -47,7 +47,7 @@ EPOCH_KEY = "sse_flask:epoch"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
 _POOL_SIZE = 8
-_STREAM_ID = re.compile(r"([0-9]+)-([0-9]+)")
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # both parts are 64-bit
 
 # Get or create the epoch, and append, in one step: no publish can slip between a Redis
 # restart and the new epoch.
@@ -117,12 +117,16 @@ class RedisBroker:
         self._start_reader()
         replay: list[tuple[bytes, dict[bytes, bytes]]] = []
         upto = None
-        if last_event_id is not None:
+        if last_event_id is not None and not self._fanout.closed:
             replay, upto = self._history_after(last_event_id)
         with self._fanout.lock:
             subscription = self._fanout.new(channels, queue_size)
+            if self._cursor is None and upto is not None:
+                # The reader has no position yet (Redis was down when it started) and has
+                # delivered nothing: it starts after what this replay covers.
+                self._cursor = upto
             cursor = self._cursor
-            if upto is not None and (cursor is None or cursor < upto):
+            if upto is not None and cursor is not None and cursor < upto:
                 subscription.skip_until = upto
         if upto is not None and cursor is not None and cursor > upto:
             try:
@@ -213,9 +217,9 @@ class RedisBroker:
             self._reader_pid = pid
         import redis
 
-        self._reader = redis.Redis.from_url(
-            self.url, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5, single_connection_client=True
-        )
+        # A client of its own, used by the reader alone: one connection, made on first use
+        # (so that starting while Redis is down does not fail).
+        self._reader = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5)
         try:
             self._cursor = self._last_generated()
         except redis.RedisError:
