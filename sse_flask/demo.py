@@ -7,24 +7,65 @@ non-editable ``pip install .`` still serves them.
 
 from __future__ import annotations
 
-from flask import Flask, render_template
+import math
+import os
+import secrets
+
+from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from .blueprint import http_error
-from .extension import SSE
+from .extension import SSE, check_channel
 from .resources import resource_dir
 
 __all__ = ["create_app"]
 
+#: How long an inbox token lasts, and the longest ``?seconds=`` may ask for. Short, so that
+#: the page shows a renewal; a real app picks what revoking access may take at most.
+INBOX_TOKEN_SECONDS = 600
+
 
 def create_app() -> Flask:
-    """Return the demo app; ``SSE_*`` settings come from the environment."""
+    """Return the demo app; ``SSE_*`` settings and ``SECRET_KEY`` come from the environment."""
     app = Flask(__name__, template_folder=resource_dir("templates"), static_folder=resource_dir("static"))
+    # Subscribe tokens are signed with SECRET_KEY. Without one in the environment, each
+    # process makes up its own: fine for one worker, but with several (--workers N) a token
+    # minted by one worker is refused by the others, so set SECRET_KEY for them to share.
+    app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
     app.register_error_handler(HTTPException, http_error)
-    SSE(app)
+    sse = SSE(app)
 
     @app.get("/")
     def index() -> str:
         return render_template("index.html")
+
+    @app.get("/inbox-token")
+    def inbox_token() -> Response | tuple[Response, int]:
+        """A subscribe token for the private channel ``user:<user>``:
+        ``{"channel", "token", "expires_in"}``; 400 with ``{"error"}`` for a bad name.
+
+        A real app takes the user from its session and mints a token for that user only;
+        the demo lets anyone pick any name, to show the mechanism. ``?seconds=`` asks for a
+        shorter lifetime (at most ``INBOX_TOKEN_SECONDS``), so that renewal can be seen.
+        """
+        user = request.args.get("user", "")
+        channel = f"user:{user}"
+        if not user:
+            return jsonify(error="give a user name: /inbox-token?user=alice"), 400
+        try:
+            check_channel(channel)
+        except ValueError as e:
+            return jsonify(error=f"no inbox for {user!r:.140}: {e}"), 400
+        try:
+            seconds = float(request.args.get("seconds", INBOX_TOKEN_SECONDS))
+        except ValueError:
+            seconds = math.nan
+        if not math.isfinite(seconds) or seconds <= 0:
+            return jsonify(error=f"seconds must be a positive number (at most {INBOX_TOKEN_SECONDS} are granted)"), 400
+        seconds = min(seconds, INBOX_TOKEN_SECONDS)
+        token = sse.subscribe_token(channel, expires_in=seconds)
+        response = jsonify(channel=channel, token=token, expires_in=seconds)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     return app

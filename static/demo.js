@@ -1,6 +1,7 @@
 // The demo page: listen through sse-flask.js, show the connection, each message with its
-// time, type and id, and publish from the form. Data is always inserted as text, never as
-// HTML. Add ?share=leader (or worker, none) to the address to choose how tabs share.
+// time, type and id, and publish from the form; and an inbox, a private channel user:NAME
+// opened with a signed token that expires and is renewed. Data is always inserted as text,
+// never as HTML. Add ?share=leader (or worker, none) to the address to choose how tabs share.
 (function () {
   "use strict";
   var urls = document.currentScript.dataset;
@@ -53,15 +54,25 @@
     $("channels").value = client.channels.join(" ");
     setStatus(client.state, client.detail);
     // Keep the channels in the address, so that a reload or a shared link listens the same.
-    var query = new URLSearchParams(params);
-    query.delete("channel");
-    client.channels.forEach(function (name) { query.append("channel", name); });
-    history.replaceState(null, "", "?" + query.toString());
+    params.delete("channel");
+    client.channels.forEach(function (name) { params.append("channel", name); });
+    history.replaceState(null, "", "?" + params.toString());
   }
 
   function show(data, event) {
     if (event.id && shown.has(event.id)) { return; }
     if (event.id) { shown.add(event.id); }
+    list.prepend(render(data, event));
+    while (list.children.length > MAX_SHOWN) {
+      shown.delete(list.lastElementChild.dataset.id);
+      list.lastElementChild.remove();
+    }
+    $("last-id").textContent = event.lastEventId || "–";
+    updateCount();
+  }
+
+  // One message as a list item: its time, type and id, then its data, all as text.
+  function render(data, event) {
     var item = document.createElement("li");
     item.className = "message " + (event.type === "message" ? "" : "typed ") + (event.type === "missed" ? "missed" : "");
     item.dataset.type = event.type;
@@ -92,13 +103,7 @@
         " (it restarted, or they were too many): what it kept follows.";
       item.insertBefore(note, body);
     }
-    list.prepend(item);
-    while (list.children.length > MAX_SHOWN) {
-      shown.delete(list.lastElementChild.dataset.id);
-      list.lastElementChild.remove();
-    }
-    $("last-id").textContent = event.lastEventId || "–";
-    updateCount();
+    return item;
   }
 
   function updateCount() {
@@ -130,7 +135,12 @@
     var fields = new FormData(sayForm);
     var body = { data: fields.get("data"), channel: fields.get("channel") || client.channels[0] };
     if (fields.get("event")) { body.event = fields.get("event"); }
-    var button = sayForm.querySelector("button");
+    send(sayForm, body, formError);
+  });
+
+  // POST body to /say from form; empty its data field once sent, or show why not.
+  function send(form, body, errorEl) {
+    var button = form.querySelector("button[type=submit]");
     button.disabled = true;
     fetch(urls.say, {
       method: "POST",
@@ -138,16 +148,16 @@
       body: JSON.stringify(body)
     }).then(function (response) {
       return response.json().then(function (answer) {
-        formError.textContent = response.ok ? "" : answer.error;
-        if (response.ok) { sayForm.elements.data.value = ""; }
+        errorEl.textContent = response.ok ? "" : answer.error;
+        if (response.ok) { form.elements.data.value = ""; }
       });
     }).catch(function (error) {
-      formError.textContent = "not sent: " + error;
+      errorEl.textContent = "not sent: " + error;
     }).then(function () {
       button.disabled = false;
-      sayForm.elements.data.focus();
+      form.elements.data.focus();
     });
-  });
+  }
 
   $("clear").addEventListener("click", function () {
     list.replaceChildren();
@@ -163,6 +173,165 @@
     }
   });
 
+  // ---------------------------------------------------------------- the inbox
+
+  // user:NAME is private: /events opens it only with a token the server signed, which
+  // /inbox-token hands out. The server ends the stream when the token expires; the inbox
+  // then fetches a new one and reconnects from the last event it had, missing nothing.
+  var inbox = {
+    user: "",
+    client: null,
+    expiresAt: 0,         // by this page's clock, never later than the server's expiry
+    opened: false,        // whether the current token has opened a stream
+    lastEventId: "",
+    generation: 0,        // bumped by every new token request; older answers are ignored
+    failures: 0,
+    timer: null,
+    shown: new Set(),
+    list: $("inbox-messages")
+  };
+
+  function openInbox(user) {
+    if (user !== inbox.user) {
+      inbox.list.replaceChildren();
+      inbox.shown.clear();
+      inbox.lastEventId = "";
+    }
+    inbox.user = user;
+    updateInboxCount();
+    var channel = "user:" + user;
+    $("inbox-user").value = user;
+    $("inbox-channel").textContent = channel;
+    $("inbox-say").hidden = false;
+    $("inbox-curl").querySelector("code").textContent = "curl '" + new URL(urls.say, location.href).href +
+      "?channel=" + channel + "&msg=hi'";
+    params.set("inbox", user);
+    history.replaceState(null, "", "?" + params.toString());
+    inbox.failures = 0;
+    closeInboxStream();
+    fetchToken(false);
+  }
+
+  // Ask for a token, then open the stream with it; renewing: the last one has expired.
+  function fetchToken(renewing) {
+    var generation = ++inbox.generation;
+    clearTimeout(inbox.timer);
+    setInboxStatus(renewing ? "reconnecting" : "connecting", renewing ? "asking for a new token" : "asking for a token");
+    var asked = Date.now();
+    fetch(urls.inboxToken + "?user=" + encodeURIComponent(inbox.user), { cache: "no-store" })
+      .then(function (response) {
+        return response.json().then(function (answer) {
+          if (response.ok) { return answer; }
+          var refusal = new Error("HTTP " + response.status + ": " + answer.error);
+          refusal.refused = true;
+          throw refusal;
+        });
+      })
+      .then(function (answer) {
+        if (generation !== inbox.generation) { return; }
+        inbox.failures = 0;
+        inbox.expiresAt = asked + answer.expires_in * 1000;
+        connectInbox(answer);
+      })
+      .catch(function (error) {
+        if (generation !== inbox.generation) { return; }
+        if (error.refused) {
+          // A name the server will not take: nothing to send to either.
+          inbox.user = "";
+          $("inbox-say").hidden = true;
+          updateInboxCount();
+          setInboxStatus("closed", error.message);
+          return;
+        }
+        // The server is out of reach (restarting, say): ask again, less and less often.
+        var delay = Math.min(30000, 1000 * Math.pow(2, inbox.failures++));
+        setInboxStatus("reconnecting", "no token (" + (error.message || error) + "); retrying in " + (delay / 1000).toFixed(1) + " s");
+        inbox.timer = setTimeout(function () { fetchToken(renewing); }, delay);
+      });
+  }
+
+  function closeInboxStream() {
+    var old = inbox.client;
+    inbox.client = null;
+    if (old) { old.close(); }
+  }
+
+  function connectInbox(answer) {
+    closeInboxStream();
+    inbox.opened = false;
+    var client = SSEFlask.connect({
+      url: urls.events + "?token=" + encodeURIComponent(answer.token),
+      channels: [answer.channel],
+      share: params.get("share") || "auto",
+      lastEventId: inbox.lastEventId,
+      onstate: function (state, detail) {
+        if (client === inbox.client) { inboxState(state, detail); }
+      }
+    });
+    inbox.client = client;
+    client.on("*", showInInbox);
+    inboxState(client.state, client.detail);
+  }
+
+  function inboxState(state, detail) {
+    if (state === "open") { inbox.opened = true; }
+    // The server closed the stream at expiry (or refuses the token: expired, or signed
+    // with the key of a server since restarted): a new token, rather than retrying with
+    // the old one. Only for a token that worked, so that a refused new one is not a loop.
+    var expired = state === "reconnecting" && Date.now() >= inbox.expiresAt;
+    var refused = state === "closed" && detail.status === 403;
+    if (inbox.opened && (expired || refused)) {
+      closeInboxStream();
+      fetchToken(true);
+      return;
+    }
+    var text = describe(state, detail);
+    if (state === "open") {
+      text = "token valid until " + new Date(inbox.expiresAt).toLocaleTimeString();
+    } else if (refused && /not one this server signed/.test(detail.error || "")) {
+      text += " (several server processes? Give them one SECRET_KEY)";
+    }
+    setInboxStatus(state, text);
+  }
+
+  function setInboxStatus(state, detail) {
+    var status = $("inbox-status");
+    status.textContent = state;
+    status.className = "status small " + state;
+    $("inbox-detail").textContent = detail || "";
+  }
+
+  function showInInbox(data, event) {
+    if (event.lastEventId) { inbox.lastEventId = event.lastEventId; }
+    if (event.id && inbox.shown.has(event.id)) { return; }
+    if (event.id) { inbox.shown.add(event.id); }
+    inbox.list.prepend(render(data, event));
+    while (inbox.list.children.length > MAX_SHOWN) {
+      inbox.shown.delete(inbox.list.lastElementChild.dataset.id);
+      inbox.list.lastElementChild.remove();
+    }
+    updateInboxCount();
+  }
+
+  function updateInboxCount() {
+    $("inbox-count").textContent = String(inbox.list.children.length);
+    $("inbox-empty").hidden = !inbox.user || inbox.list.children.length > 0;
+  }
+
+  $("inbox-open").addEventListener("submit", function (submit) {
+    submit.preventDefault();
+    var user = $("inbox-user").value.trim();
+    if (!user) { return; }
+    openInbox(user);
+    $("inbox-message").focus();
+  });
+
+  $("inbox-say").addEventListener("submit", function (submit) {
+    submit.preventDefault();
+    send($("inbox-say"), { data: $("inbox-message").value, channel: "user:" + inbox.user }, $("inbox-error"));
+  });
+
   updateCount();
   listen(params.getAll("channel").length ? params.getAll("channel") : ["default"]);
+  if (params.get("inbox")) { openInbox(params.get("inbox")); }
 })();

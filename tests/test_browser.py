@@ -434,3 +434,111 @@ def test_parser_reads_streams_as_the_standard_says(context: BrowserContext, serv
     # An id with NUL is ignored; the last good one is what a reconnection sends.
     last = page.evaluate("""() => { const p = new SSEFlask.Parser("", () => {}, () => {}); p.feed("id: e-2\\n\\nid: a\\u0000b\\n\\n"); return p.lastEventId; }""")
     assert last == "e-2"
+
+
+# ---------------------------------------------------------------- the inbox: a private channel
+
+
+INBOX_STATUS = "document.getElementById('inbox-status').textContent"
+
+
+def inbox_messages(page: Page) -> list[str]:
+    """The data of each message in the inbox, oldest first."""
+    return list(page.evaluate("[...document.querySelectorAll('#inbox-messages .data')].reverse().map(e => e.textContent)"))
+
+
+def wait_for_inbox_message(page: Page, data: str, timeout: float = 10) -> None:
+    page.wait_for_function(
+        "data => [...document.querySelectorAll('#inbox-messages .data')].some(e => e.textContent === data)",
+        arg=data,
+        timeout=timeout * 1000,
+    )
+
+
+def wait_for_inbox_status(page: Page, status: str, timeout: float = 10) -> None:
+    page.wait_for_function(f"{INBOX_STATUS} === {status!r}", timeout=timeout * 1000)
+
+
+def test_inbox_shows_its_users_messages_only(context: BrowserContext, server: Server) -> None:
+    page = open_demo(context, server.url)
+    assert page.text_content("#inbox-status") == "not open"
+    page.fill("#inbox-user", "alice")
+    page.press("#inbox-user", "Enter")
+    wait_for_inbox_status(page, "open")
+    assert "token valid until" in page.text_content("#inbox-detail")
+    assert "inbox=alice" in page.url
+    wait_until(lambda: server.stats()["channels"].get("user:alice") == 1, 10, "alice's inbox stream")
+
+    server.say("for bob", channel="user:bob")
+    server.say("<b>for alice</b>", channel="user:alice")
+    server.say("on default")
+    # The focus went to the inbox's message box: type and press Enter to send to alice.
+    assert page.evaluate("document.activeElement.id") == "inbox-message"
+    page.keyboard.type("typed to alice")
+    page.keyboard.press("Enter")
+    wait_for_inbox_message(page, "typed to alice")
+    wait_for_message(page, "on default")
+
+    assert inbox_messages(page) == ["<b>for alice</b>", "typed to alice"]
+    assert page.text_content("#inbox-count") == "2"
+    assert [m["data"] for m in messages(page)] == ["on default"]
+    assert page.locator("#inbox-messages b").count() == 0
+    assert "channel=user:alice" in page.text_content("#inbox-curl")
+    page.set_viewport_size({"width": 360, "height": 740})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+
+
+def test_an_inbox_token_opens_that_inbox_only(server: Server) -> None:
+    """Plain HTTP: /inbox-token mints a token for user:NAME only; a private channel without
+    a token, or with another user's, is refused."""
+    answer = server.get("/inbox-token", params={"user": "alice"}).json()
+    assert answer["channel"] == "user:alice" and answer["expires_in"] == 600
+    alices = answer["token"]
+
+    refused = server.get("/events", params={"channel": "user:bob", "token": alices})
+    assert refused.status_code == 403 and "'user:bob' is private" in refused.json()["error"]
+    refused = server.get("/events", params={"channel": "user:alice"})
+    assert refused.status_code == 403 and "token" in refused.json()["error"]
+    with server.get("/events", params={"channel": "user:alice", "token": alices}, stream=True) as opened:
+        assert opened.status_code == 200
+
+    for bad in ["", "a b", "x" * 124, "<script>"]:
+        response = server.get("/inbox-token", params={"user": bad})
+        assert response.status_code == 400 and response.json()["error"], bad
+    for bad in ["soon", "0", "-1", "nan", "inf"]:
+        response = server.get("/inbox-token", params={"user": "alice", "seconds": bad})
+        assert response.status_code == 400 and "seconds" in response.json()["error"], bad
+    assert server.get("/inbox-token", params={"user": "alice", "seconds": "2.5"}).json()["expires_in"] == 2.5
+    assert server.get("/inbox-token", params={"user": "alice", "seconds": "1e9"}).json()["expires_in"] == 600
+
+
+def test_inbox_renews_its_token_and_misses_nothing(context: BrowserContext, server: Server) -> None:
+    """The server ends the stream when its token expires; the page asks for a new token
+    and resumes from the last event it had: what was published in between arrives too.
+    Token requests are held here until released, with a short lifetime for the first."""
+    page = context.new_page()
+    held: list[t.Any] = []
+    page.route("**/inbox-token?*", lambda route: held.append(route))
+
+    def token_requests(count: int) -> None:
+        # Evaluating something lets Playwright dispatch the route handler meanwhile.
+        wait_until(lambda: page.evaluate("true") and len(held) >= count, 10, f"{count} token requests")
+
+    page.goto(server.url + "/?inbox=carol")
+    token_requests(1)
+    held[0].continue_(url=held[0].request.url + "&seconds=2")
+    wait_for_inbox_status(page, "open")
+    server.say("before expiry", channel="user:carol")
+    wait_for_inbox_message(page, "before expiry")
+
+    token_requests(2)
+    assert page.evaluate(INBOX_STATUS) == "reconnecting"
+    wait_until(lambda: not server.stats()["channels"].get("user:carol"), 5, "the server to close the expired stream")
+    server.say("while renewing", channel="user:carol")
+    held[1].continue_(url=held[1].request.url + "&seconds=60")
+    wait_for_inbox_status(page, "open")
+    server.say("after renewal", channel="user:carol")
+    wait_for_inbox_message(page, "after renewal")
+
+    assert inbox_messages(page) == ["before expiry", "while renewing", "after renewal"]
+    assert len(held) == 2
