@@ -227,7 +227,7 @@ def _token_ok(token: str | None) -> bool:
 def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
     """``data``, ``event`` and ``channel`` from a JSON object or form fields."""
     # Room for JSON escapes and white space around the largest data allowed.
-    limit = request.max_content_length = 8 * settings.max_data_bytes + 65536
+    limit = request.max_content_length = request.max_form_memory_size = 8 * settings.max_data_bytes + 65536
     too_large = DataTooLarge(
         f"the request body is over {limit} bytes, the most /say reads for data of up to "
         f"{settings.max_data_bytes} bytes (SSE_MAX_DATA_BYTES)"

@@ -47,7 +47,8 @@ EPOCH_KEY = "sse_flask:epoch"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
 _POOL_SIZE = 8
-_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # both parts are 64-bit
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_MAX_PART = 2**64 - 1  # both parts of a stream id are unsigned 64-bit
 
 # Get or create the epoch, and append, in one step: no publish can slip between a Redis
 # restart and the new epoch.
@@ -130,7 +131,7 @@ class RedisBroker:
                 subscription.skip_until = upto
         if upto is not None and cursor is not None and cursor > upto:
             try:
-                replay.extend(self._entries(f"({_format(upto)}", _format(cursor)))
+                replay.extend(self._entries(_after(upto), _format(cursor)))
             except BrokerUnavailable:
                 subscription.close()
                 raise
@@ -175,7 +176,7 @@ class RedisBroker:
                 pipe.set(EPOCH_KEY, candidate, nx=True, get=True)
                 pipe.xinfo_stream(STREAM_KEY)
                 if after is not None:
-                    pipe.xrange(STREAM_KEY, f"({_format(after)}", "+")
+                    pipe.xrange(STREAM_KEY, _after(after), "+")
                 answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
@@ -283,8 +284,18 @@ def _text(value: t.Any) -> str:
 
 
 def _parse(stream_id: str) -> Position | None:
+    """The position of a Redis stream id, or ``None`` if it is not one Redis could issue."""
     match = _STREAM_ID.fullmatch(stream_id)
-    return (int(match[1]), int(match[2])) if match else None
+    if not match or int(match[1]) > _MAX_PART or int(match[2]) > _MAX_PART:
+        return None
+    return (int(match[1]), int(match[2]))
+
+
+def _after(position: Position) -> str:
+    """An XRANGE start just after ``position`` (Redis refuses an exclusive start at the
+    largest sequence of a millisecond, which ``_before`` produces)."""
+    milliseconds, sequence = position
+    return f"{milliseconds + 1}-0" if sequence == _MAX_PART else f"({milliseconds}-{sequence}"
 
 
 def _format(position: Position) -> str:
@@ -294,4 +305,4 @@ def _format(position: Position) -> str:
 def _before(position: Position) -> Position:
     """The greatest stream id below ``position``."""
     milliseconds, sequence = position
-    return (milliseconds, sequence - 1) if sequence else (milliseconds - 1, 2**64 - 1)
+    return (milliseconds, sequence - 1) if sequence else (milliseconds - 1, _MAX_PART)
