@@ -19,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
 from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken
+from .events import DEFAULT_EVENT
 from .extension import DEFAULT_CHANNEL, _State, check_channel
 from .metrics import exposition, metrics
 from .resources import resource_dir
@@ -111,7 +112,7 @@ def say() -> Response:
     else:
         data, event, channel = _posted_fields(state.settings)
     event_id = state.publish(data, event, channel)
-    return jsonify(id=event_id, channel=channel or DEFAULT_CHANNEL, event=event or "message")
+    return jsonify(id=event_id, channel=channel or DEFAULT_CHANNEL, event=event or DEFAULT_EVENT)
 
 
 @blueprint.get("/stats")

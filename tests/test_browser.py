@@ -11,7 +11,6 @@ import contextlib
 import re
 import shutil
 import threading
-import time
 import typing as t
 from pathlib import Path
 
