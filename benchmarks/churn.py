@@ -942,6 +942,10 @@ def soak(kind: str, options: argparse.Namespace, workdir: Path, deadline: float)
             samples.append({"seconds": round(time.monotonic() - opened, 1), "rss_mib": round(rss / 2**20, 1),
                             "per_stream_kib": round((rss - baseline) / count / 1024, 2)})
     first, last = samples[0]["per_stream_kib"], samples[-1]["per_stream_kib"]
+    # Settled: after the first round of heartbeats (each stream's first write after the
+    # retry allocates a little), from which on idle memory should not move.
+    settled_at = min(60.0, options.soak_seconds / 4)
+    settled = next((sample["per_stream_kib"] for sample in samples if sample["seconds"] >= settled_at), last)
     return {
         "broker": kind,
         "workers": workers,
@@ -951,6 +955,9 @@ def soak(kind: str, options: argparse.Namespace, workdir: Path, deadline: float)
         "per_stream_kib_first": first,
         "per_stream_kib_last": last,
         "growth_percent": round(100 * (last - first) / first, 1) if first else None,
+        "per_stream_kib_settled": settled,
+        "settled_at_seconds": settled_at,
+        "growth_since_settled_percent": round(100 * (last - settled) / settled, 1) if settled else None,
         "streams_closed_by_server": closed,
         "samples": samples,
     }
@@ -1071,8 +1078,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind, result in soaks.items():
             print(
                 f"\nidle soak, {kind}: {result['streams']} streams for {result['seconds']:g} s on {result['workers']} worker(s): "
-                f"{result['per_stream_kib_first']} KiB per stream at first, {result['per_stream_kib_last']} KiB at the end "
-                f"({result['growth_percent']} %), baseline {result['baseline_rss_mib']} MiB"
+                f"{result['per_stream_kib_first']} KiB per stream at first, {result['per_stream_kib_settled']} KiB after "
+                f"{result['settled_at_seconds']:g} s, {result['per_stream_kib_last']} KiB at the end "
+                f"({result['growth_since_settled_percent']} % since {result['settled_at_seconds']:g} s), baseline {result['baseline_rss_mib']} MiB"
             )
         if results:
             print(
