@@ -31,8 +31,8 @@ class MemoryBroker:
         self.published = 0
         self._epoch = secrets.token_hex(4)
         self._sequence = 0
-        self._history: collections.deque[tuple[int, str, bytes]] = collections.deque(maxlen=history or None)
-        self._keep_history = history > 0
+        # With history=0 the deque keeps nothing: every resume is told it missed events.
+        self._history: collections.deque[tuple[int, str, bytes]] = collections.deque(maxlen=history)
         self._fanout = Fanout()
 
     def publish(self, channel: str, frame: bytes) -> str:
@@ -48,8 +48,7 @@ class MemoryBroker:
             self._sequence += 1
             event_id = f"{self._epoch}-{self._sequence}"
             framed = prefix_id(frame, event_id)
-            if self._keep_history:
-                self._history.append((self._sequence, channel, framed))
+            self._history.append((self._sequence, channel, framed))
             self._fanout.deliver(channel, framed)
             self.published += 1
         metrics().fanout_seconds.observe(time.perf_counter() - started)

@@ -63,6 +63,8 @@ return {epoch, id}
 """
 
 Position = tuple[int, int]
+#: One entry of the stream as redis-py returns it: (stream id, fields).
+_Entry = tuple[bytes, dict[bytes, bytes]]
 
 
 class RedisBroker:
@@ -116,10 +118,11 @@ class RedisBroker:
         delivered before the subscription existed). So none is lost or doubled.
         """
         self._start_reader()
-        replay: list[tuple[bytes, dict[bytes, bytes]]] = []
+        missed: bytes | None = None
+        replay: list[_Entry] = []
         upto = None
         if last_event_id is not None and not self._fanout.closed:
-            replay, upto = self._history_after(last_event_id)
+            missed, replay, upto = self._history_after(last_event_id)
         with self._fanout.lock:
             subscription = self._fanout.new(channels, queue_size)
             if self._cursor is None and upto is not None:
@@ -136,11 +139,9 @@ class RedisBroker:
                 subscription.close()
                 raise
         wanted = set(subscription.channels)
-        subscription.missed = bool(replay) and isinstance(replay[0], bytes)
-        subscription.replay = [
-            entry if isinstance(entry, bytes) else _frame(*entry)
-            for entry in replay
-            if isinstance(entry, bytes) or entry[1][b"c"].decode() in wanted
+        subscription.missed = missed is not None
+        subscription.replay = ([missed] if missed else []) + [
+            _frame(stream_id, fields) for stream_id, fields in replay if fields[b"c"].decode() in wanted
         ]
         return subscription
 
@@ -161,9 +162,10 @@ class RedisBroker:
         self._fanout.close_all()
         self._pool.disconnect()
 
-    def _history_after(self, last_event_id: str) -> tuple[list[t.Any], Position]:
-        """The retained entries after ``last_event_id`` (preceded by a ``missed`` frame if
-        that id is unknown or trimmed away), and the stream's last position they cover."""
+    def _history_after(self, last_event_id: str) -> tuple[bytes | None, list[_Entry], Position]:
+        """A ``missed`` frame if ``last_event_id`` is unknown or trimmed away (``None`` if
+        not), the retained entries after it (all of them after a ``missed``), and the
+        stream's last position they cover."""
         import redis
 
         epoch, _, stream_id = last_event_id.partition("-")
@@ -187,7 +189,7 @@ class RedisBroker:
         if epoch == current_epoch and after is not None and deleted <= after <= last:
             if isinstance(answers[2], Exception):
                 raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {answers[2]}")
-            return list(answers[2]), last
+            return None, list(answers[2]), last
         entries = self._entries("-", _format(last))
         first = _parse(entries[0][0].decode()) if entries else None
         missed = Event(
@@ -197,13 +199,13 @@ class RedisBroker:
             # the first entry, or, with none, the last position.
             id=f"{current_epoch}-{_format(_before(first) if first else last)}",
         )
-        return [encode_event(missed), *entries], last
+        return encode_event(missed), entries, last
 
-    def _entries(self, start: str, end: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    def _entries(self, start: str, end: str) -> list[_Entry]:
         import redis
 
         try:
-            return t.cast("list[tuple[bytes, dict[bytes, bytes]]]", self._redis.xrange(STREAM_KEY, start, end))
+            return t.cast("list[_Entry]", self._redis.xrange(STREAM_KEY, start, end))
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
 
