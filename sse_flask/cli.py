@@ -208,18 +208,10 @@ def post_worker_init(worker: Worker) -> None:
 
     previous = signal.getsignal(signal.SIGTERM)
 
-    def close_streams_once_not_accepting() -> None:
-        # gunicorn's gevent worker closes its listener at its next check, up to a second
-        # after the signal; streams closed before that reconnect straight back to it.
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline and any(sock.fileno() != -1 for sock in worker.sockets):
-            gevent.sleep(0.05)
-        close_all_streams()
-
     def on_term(signum: int, frame: t.Any) -> None:
         if callable(previous):
             previous(signum, frame)
-        gevent.spawn(close_streams_once_not_accepting)
+        gevent.spawn(close_all_streams)
 
     signal.signal(signal.SIGTERM, on_term)
     logger = logging.getLogger("sse_flask")
