@@ -86,7 +86,11 @@ def events() -> Response:
         environ=request.environ,
         on_close=release,
     )
-    response = Response(stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8")
+    # direct_passthrough: the server iterates the stream itself, without werkzeug's two
+    # wrapping generators around each chunk (the stream yields bytes, and closes itself).
+    response = Response(
+        stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8", direct_passthrough=True
+    )
     if settings.compress:
         response.vary.add("Accept-Encoding")
         if compress:

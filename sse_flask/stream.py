@@ -136,6 +136,7 @@ class EventStream:
             now = time.monotonic()
             if chunk:
                 yield chunk
+                subscription.hold()
                 self._bytes += len(chunk)
                 last_write = now
                 if now - last_count >= _COUNT_SECONDS:

@@ -8,6 +8,12 @@ Each subscription is a bounded mailbox (a deque and an event) rather than a
 :class:`queue.Queue`: the stream drains everything pending in one go, and a full mailbox
 is not waited on but cut off, so that one slow reader never delays the others and never
 makes the server buffer without bound.
+
+A stream writes at most about once per :data:`WRITE_INTERVAL`: after each write its
+subscription is held, and frames that arrive meanwhile wait to go out together. An event
+to an idle stream goes out at once; a busy stream sends its burst in a few writes instead
+of one per event, which is what most of a worker's time goes to otherwise (waking the
+stream, gunicorn's write path, a system call).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ __all__ = ["Fanout", "Subscription"]
 
 #: Seconds between the ticker's rounds: how late a wake-up by ``wake_at`` may be.
 TICK = 0.25
+#: Seconds a stream holds the frames that arrive after a write, to send them in one.
+WRITE_INTERVAL = 0.005
 
 #: Why a subscription ended, as :attr:`Subscription.closed` reports it.
 SLOW = "slow consumer"
@@ -39,7 +47,7 @@ class Subscription:
     """
 
     __slots__ = (
-        "channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "wake_at",
+        "channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "wake_at", "held",
         "_frames", "_wakeup", "_limit", "_fanout",
     )
 
@@ -60,6 +68,9 @@ class Subscription:
         #: Live frames at or before this position are not delivered: the client already has
         #: them (it resumed from a position this process had not reached yet).
         self.skip_until: t.Any = None
+        #: Set by :meth:`hold`: new frames do not wake :meth:`wait` until the fan-out
+        #: releases the subscription.
+        self.held = False
         self._frames: collections.deque[bytes] = collections.deque()
         self._wakeup = threading.Event()
         self._limit = limit
@@ -70,15 +81,17 @@ class Subscription:
         if len(self._frames) >= self._limit:
             return False
         self._frames.append(frame)
-        self._wakeup.set()
+        if not self.held:
+            self._wakeup.set()
         return True
 
     def wait(self, timeout: float | None) -> bytes:
         """Wait up to ``timeout`` seconds for frames; return all pending ones, joined.
 
         Returns ``b""`` on time-out, on :meth:`wake`, and once closed with nothing pending.
+        While held (see :meth:`hold`), it waits even with frames pending.
         """
-        if not self._frames and self.closed is None:
+        if (self.held or not self._frames) and self.closed is None:
             self._wakeup.wait(timeout)
         self._wakeup.clear()
         frames = self._frames
@@ -92,6 +105,11 @@ class Subscription:
         """Make a pending or the next :meth:`wait` return at once."""
         self._wakeup.set()
 
+    def hold(self) -> None:
+        """Make :meth:`wait` keep what arrives for up to :data:`WRITE_INTERVAL`, to be
+        returned in one go; the stream calls it after each write."""
+        self._fanout.hold(self)
+
     def close(self, reason: str = CLIENT) -> None:
         """Stop receiving; idempotent. Frames already queued can still be drained."""
         self._fanout.remove(self, reason)
@@ -103,7 +121,8 @@ class Fanout:
     A ticker thread (a greenlet under gevent) wakes each subscription whose ``wake_at``
     has come, every :data:`TICK` seconds, so that idle streams can wait without a
     timeout: a timed wait costs a timer per wake-up, which adds up to a fifth of a
-    worker's time when thousands of streams wake for every event.
+    worker's time when thousands of streams wake for every event. The same thread
+    releases held subscriptions every :data:`WRITE_INTERVAL` while there are any.
     """
 
     def __init__(self) -> None:
@@ -113,6 +132,8 @@ class Fanout:
         self.closed = False
         self._channels: dict[str, set[Subscription]] = {}
         self._subscriptions: set[Subscription] = set()
+        self._held: list[Subscription] = []
+        self._holding = threading.Event()
         self._ticker_pid: int | None = None
 
     def new(self, channels: t.Sequence[str], limit: int) -> Subscription:
@@ -155,6 +176,17 @@ class Fanout:
             if subscription.on_drop is not None:
                 subscription.on_drop()
 
+    def hold(self, subscription: Subscription) -> None:
+        """Hold ``subscription`` until the ticker's next release (see :meth:`Subscription.hold`)."""
+        with self.lock:
+            if subscription.closed is not None:
+                return
+            subscription.held = True
+            subscription._wakeup.clear()
+            self._held.append(subscription)
+            if len(self._held) == 1:
+                self._holding.set()
+
     def remove(self, subscription: Subscription, reason: str) -> None:
         """Unregister ``subscription``, if it still is, and wake its stream."""
         with self.lock:
@@ -182,14 +214,29 @@ class Fanout:
         return {"consumers": consumers, "channels": channels, "published": published, "dropped": self.dropped, "backend": backend}
 
     def _tick(self) -> None:
+        next_tick = time.monotonic() + TICK
         while not self.closed:
-            time.sleep(TICK)
-            with self.lock:
-                subscriptions = list(self._subscriptions)
+            if self._holding.wait(max(next_tick - time.monotonic(), 0.0)):
+                time.sleep(WRITE_INTERVAL)
+                self._release()
             now = time.monotonic()
-            for subscription in subscriptions:
-                if subscription.wake_at <= now:
-                    subscription.wake()
+            if now >= next_tick:
+                next_tick = now + TICK
+                with self.lock:
+                    subscriptions = list(self._subscriptions)
+                for subscription in subscriptions:
+                    if subscription.wake_at <= now:
+                        subscription.wake()
+
+    def _release(self) -> None:
+        """Let every held subscription's stream write what it gathered."""
+        with self.lock:
+            held, self._held = self._held, []
+            self._holding.clear()
+            for subscription in held:
+                subscription.held = False
+                if subscription._frames:
+                    subscription._wakeup.set()
 
     def _unregister(self, subscription: Subscription, reason: str) -> None:
         if subscription.closed is not None:
