@@ -239,7 +239,8 @@ def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
     )
     try:
         body = request.get_data(cache=True)
-        form = request.form
+        # A JSON body is not parsed as a form too; form is None for it.
+        form = None if request.is_json else request.form
     except RequestEntityTooLarge:
         raise too_large from None
     except HTTPException:
@@ -250,7 +251,7 @@ def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
     if len(body) >= limit:
         # A chunked body has no length to refuse up front; werkzeug stops reading it at the limit.
         raise too_large
-    if request.is_json:
+    if form is None:
         try:
             fields = json.loads(body)
         except (ValueError, RecursionError) as e:

@@ -11,7 +11,8 @@ import math
 import os
 import secrets
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Request, Response, jsonify, render_template, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from .blueprint import http_error
@@ -25,6 +26,17 @@ __all__ = ["create_app"]
 INBOX_TOKEN_SECONDS = 600
 
 
+class _CookieSessionsOnDemand(SecureCookieSessionInterface):
+    """Flask's cookie sessions, without parsing cookies or building a signer for requests
+    that carry no cookie: the demo has SECRET_KEY for subscribe tokens, not for sessions,
+    and the two were a fifth of the cost of a publish."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if not request.environ.get("HTTP_COOKIE"):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def create_app() -> Flask:
     """Return the demo app; ``SSE_*`` settings and ``SECRET_KEY`` come from the environment."""
     app = Flask(__name__, template_folder=resource_dir("templates"), static_folder=resource_dir("static"))
@@ -32,6 +44,7 @@ def create_app() -> Flask:
     # process makes up its own: fine for one worker, but with several (--workers N) a token
     # minted by one worker is refused by the others, so set SECRET_KEY for them to share.
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
+    app.session_interface = _CookieSessionsOnDemand()
     app.register_error_handler(HTTPException, http_error)
     sse = SSE(app)
 
