@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import typing as t
 
 if t.TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["exposition", "metrics"]
+__all__ = ["exposition", "metrics", "sent"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -45,6 +46,40 @@ class Metrics:
         )
 
 
+class SentCounts:
+    """Frames and bytes written to streams, added to their counters about once a second.
+
+    In multiprocess mode a counter update is a write to a shared file: done for each
+    write of each stream, it took a tenth of a worker's time fanning out to 10,000 streams.
+    Counts wait for the next write after the second is up, or for :func:`exposition`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frames = 0
+        self._bytes = 0
+        self._due = 0.0
+
+    def add(self, frames: int, sent: int) -> None:
+        with self._lock:
+            self._frames += frames
+            self._bytes += sent
+        if time.monotonic() >= self._due:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            frames, sent = self._frames, self._bytes
+            self._frames = self._bytes = 0
+            self._due = time.monotonic() + 1.0
+        figures = metrics()
+        figures.frames_sent.inc(frames)
+        figures.bytes_sent.inc(sent)
+
+
+#: This process's count of what its streams wrote.
+sent = SentCounts()
+
 _created: list[Metrics] = []
 _creating = threading.Lock()
 
@@ -63,7 +98,7 @@ def exposition() -> tuple[bytes, str]:
     """The text exposition of every worker's metrics, and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-    metrics()
+    sent.flush()
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     from prometheus_client import multiprocess

@@ -23,7 +23,7 @@ import zlib
 
 from .broker.fanout import CLIENT, SLOW, TICK, Subscription
 from .events import encode_comment, encode_retry
-from .metrics import metrics
+from .metrics import metrics, sent
 
 if t.TYPE_CHECKING:
     from gevent.libev.corecext import io as _IOWatcher
@@ -35,8 +35,6 @@ log = logging.getLogger("sse_flask")
 _HEARTBEAT = encode_comment("heartbeat")
 #: Why a stream ended, besides the reasons a subscription ends for.
 LIFETIME = "lifetime reached"
-#: Seconds between updates of the sent-frames and sent-bytes metrics while streaming.
-_COUNT_SECONDS = 1.0
 #: Replayed frames are written in chunks of about this size rather than all at once.
 _REPLAY_CHUNK = 256 * 1024
 
@@ -81,7 +79,6 @@ class EventStream:
         self._opened = time.monotonic()
         self._replayed = len(subscription.replay)
         self._bytes = 0
-        self._counted = (0, 0)
         self._ended: str | None = None
         self._compress = compress
         metrics().streams_open.inc()
@@ -102,7 +99,6 @@ class EventStream:
         on_close()
         figures = metrics()
         figures.streams_open.dec()
-        self._count()
         if reason == SLOW:
             figures.dropped.inc()
         log.info(
@@ -118,14 +114,16 @@ class EventStream:
         subscription = self._subscription
         for chunk in _chunks([encode_retry(self._retry_ms), *subscription.replay]):
             yield chunk
-            self._bytes += len(chunk)
+            self._wrote(chunk, 0)
+        sent.add(self._replayed, 0)
         subscription.replay = []
-        now = last_write = last_count = time.monotonic()
+        now = last_write = time.monotonic()
         deadline = now + self._lifetime if self._lifetime is not None else None
         while True:
             due = last_write + self._heartbeat
             if deadline is not None:
                 due = min(due, deadline)
+            taken = subscription.taken
             if due - now > TICK:
                 # Far off: the fan-out's ticker wakes us up to one tick early, and a short
                 # timed wait does the rest; a timed wait on every wake-up costs far more.
@@ -137,11 +135,8 @@ class EventStream:
             if chunk:
                 yield chunk
                 subscription.hold()
-                self._bytes += len(chunk)
+                self._wrote(chunk, subscription.taken - taken)
                 last_write = now
-                if now - last_count >= _COUNT_SECONDS:
-                    self._count()
-                    last_count = now
             elif subscription.closed is not None:
                 return
             elif self._peer is not None and self._peer.client_gone():
@@ -152,18 +147,12 @@ class EventStream:
                 return
             elif now - last_write >= self._heartbeat:
                 yield _HEARTBEAT
-                self._bytes += len(_HEARTBEAT)
+                self._wrote(_HEARTBEAT, 0)
                 last_write = now
 
-    def _count(self) -> None:
-        """Add what was sent since the last count to the metrics (in batches: a metric
-        update in multiprocess mode is a write to a shared file)."""
-        frames, sent = self._replayed + self._subscription.taken, self._bytes
-        counted_frames, counted_bytes = self._counted
-        figures = metrics()
-        figures.frames_sent.inc(frames - counted_frames)
-        figures.bytes_sent.inc(sent - counted_bytes)
-        self._counted = (frames, sent)
+    def _wrote(self, chunk: bytes, frames: int) -> None:
+        self._bytes += len(chunk)
+        sent.add(frames, len(chunk))
 
 
 def _gzip(chunks: t.Generator[bytes, None, None]) -> t.Iterator[bytes]:
