@@ -68,13 +68,11 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
-import re
 import resource
 import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -82,9 +80,10 @@ import time
 import typing as t
 from pathlib import Path
 
+from harness import procs
+
 REPO = Path(__file__).resolve().parent.parent
 CHANNELS = 4
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class Timeout(Exception):
@@ -96,106 +95,26 @@ class Timeout(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-class Server:
-    """``sse-flask serve`` (gunicorn, gevent workers) on a free port, in a session of its own."""
-
-    def __init__(self, workers: int, broker: str | None, log_path: Path, env: dict[str, str] | None = None) -> None:
-        self.workers = workers
-        self.log_path = log_path
-        args = [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0", "--workers", str(workers)]
-        if broker:
-            args += ["--broker", broker]
-        base = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                env={**base, "PYTHONUNBUFFERED": "1", **(env or {})},
-            )
-        try:
-            match = wait_for(self._listening, 30, "gunicorn to listen")
-            self.port = int(match.group(1))
-            wait_for(lambda: len(self.worker_pids()) >= workers, 60, f"{workers} workers to be ready")
-        except BaseException:
-            self.stop()
-            raise
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def worker_pids(self) -> list[int]:
-        """Workers that logged "Worker ready", have not logged "Worker exiting", and live."""
-        log = self.log()
-        exited = {int(pid) for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", log)}
-        ready = [int(pid) for pid in re.findall(r"Worker ready \(pid: (\d+)\)", log)]
-        return [pid for pid in ready if pid not in exited and alive(pid)]
-
-    def rss(self) -> int:
-        """Resident bytes of the master and all its descendants."""
-        return sum(rss_of(pid) for pid in descendants(self.process.pid))
-
-    def reload(self) -> None:
-        """Graceful reload (SIGHUP): new workers boot, then the old ones stop."""
-        old = set(self.worker_pids())
-        self.process.send_signal(signal.SIGHUP)
-        wait_for(lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers, 60, "the reload")
-
-    def kill_worker(self) -> int:
-        """SIGKILL one worker; return once gunicorn has a replacement ready."""
-        pids = self.worker_pids()
-        victim = random.choice(pids)
-        os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: victim not in self.worker_pids() and len(self.worker_pids()) >= self.workers, 60, "a replacement worker")
-        return victim
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # the session we started, stragglers included
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(5)
-
-    def _listening(self) -> re.Match[str] | None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-        return re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log())
-
-
-class Redis:
-    """``redis-server`` on a free port, keeping nothing on disk: a restart loses everything."""
-
-    def __init__(self, directory: Path) -> None:
+def start_server(kind: str, options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack, name: str) -> tuple[procs.Gunicorn, procs.Redis | None]:
+    """``sse-flask serve`` with the ``kind`` of broker: one worker with the in-process broker,
+    ``--workers`` sharing a fresh ``redis-server`` with Redis; ``cleanup`` stops them."""
+    redis = None
+    if kind == "redis":
         if not shutil.which("redis-server"):
             raise SystemExit("redis-server is not installed (apt-get install redis-server); use --broker memory")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        wait_for(self._pong, 15, "redis-server to answer PING")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def rss(self) -> int:
-        return rss_of(self.process.pid) if self.process is not None and self.process.poll() is None else 0
-
-    def _pong(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-        return False
+        redis = procs.Redis(workdir / f"redis-{name}.log")
+        redis.start()
+        cleanup.callback(redis.stop)
+    workers = 1 if kind == "memory" else options.workers
+    argv = [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0", "--workers", str(workers)]
+    if redis is not None:
+        argv += ["--broker", redis.url]
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
+    server = procs.Gunicorn(
+        "sse-flask", argv, workers=workers, log=workdir / f"gunicorn-{name}.log", env={**environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO
+    )
+    cleanup.callback(server.stop)
+    return server, redis
 
 
 def tracebacks(log: str) -> dict[str, int]:
@@ -209,54 +128,10 @@ def tracebacks(log: str) -> dict[str, int]:
     return dict(found)
 
 
-def wait_for(predicate: t.Callable[[], t.Any], timeout: float, what: str) -> t.Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def descendants(pid: int) -> list[int]:
-    pids, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        pids.append(current)
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{current}/task/{current}/children") as children:
-                pending.extend(int(child) for child in children.read().split())
-    return pids
-
-
-def rss_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 class Sampler(threading.Thread):
     """Samples a server's RSS every ``interval`` seconds, keeping the peak."""
 
-    def __init__(self, server: Server, interval: float = 0.25) -> None:
+    def __init__(self, server: procs.Gunicorn, interval: float = 0.25) -> None:
         super().__init__(name="rss sampler", daemon=True)
         self.server = server
         self.interval = interval
@@ -707,14 +582,8 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
     rng = random.Random(options.seed)
     faults: list[str] = []
     with contextlib.ExitStack() as cleanup:
-        redis = None
-        if kind == "redis":
-            redis = Redis(workdir)
-            redis.start()
-            cleanup.callback(redis.stop)
-        workers = 1 if kind == "memory" else options.workers
-        server = Server(workers, redis.url if redis else None, workdir / f"gunicorn-{kind}.log")
-        cleanup.callback(server.stop)
+        server, redis = start_server(kind, options, workdir, cleanup, kind)
+        workers = server.workers
         log(f"{kind}: {workers} worker(s) on port {server.port}; {options.clients} clients")
 
         specs = client_specs(options.clients, rng)
@@ -769,7 +638,7 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
             elif fault == "redis-stop":
                 assert redis is not None
                 at = time.monotonic() - run_started
-                redis.stop()
+                redis.kill()
                 # A worker that starts while Redis is away (a crash, a max-requests restart)
                 # must still deliver once Redis is back.
                 victim = server.kill_worker()
@@ -814,7 +683,7 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
             f"event {sequence} arrived under two ids: its publish was sent {attempts[sequence]} times, and an attempt "
             f"answered with an error was accepted all the same" for sequence in sorted(republished)[:5]
         ]
-        log_text = server.log()
+        log_text = server.log_text()
 
     return {
         "broker": kind,
@@ -886,14 +755,8 @@ def stop_process(process: multiprocessing.process.BaseProcess) -> None:
 def soak(kind: str, options: argparse.Namespace, workdir: Path, deadline: float) -> dict[str, t.Any]:
     """Open ``--soak-streams`` idle streams and sample the server's RSS for ``--soak-seconds``."""
     with contextlib.ExitStack() as cleanup:
-        redis = None
-        if kind == "redis":
-            redis = Redis(workdir)
-            redis.start()
-            cleanup.callback(redis.stop)
-        workers = 1 if kind == "memory" else options.workers
-        server = Server(workers, redis.url if redis else None, workdir / f"gunicorn-soak-{kind}.log")
-        cleanup.callback(server.stop)
+        server, _ = start_server(kind, options, workdir, cleanup, f"soak-{kind}")
+        workers = server.workers
         # A publish and a few streams per worker first, kept open, so that the baseline holds
         # what a worker loads once (its Redis reader, its ticker), not per stream.
         with contextlib.closing(http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)) as connection:
@@ -1057,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in sorted(workdir.glob("gunicorn-*.log")):
                 log(f"{path.name}, last lines:\n" + path.read_text(errors="replace")[-3000:])
             return 2
+        finally:
+            procs.stop_all()  # anything a cleanup cut short (a second Ctrl-C) left running
 
     failed = [
         kind for kind, result in results.items()

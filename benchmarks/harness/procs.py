@@ -1,4 +1,7 @@
-"""Processes of a run: started pinned to a core, measured from /proc, always stopped.
+"""Processes of a run: started (pinned to a core, if asked), measured from /proc, always
+stopped; and the two servers the runs start in particular, ``redis-server`` (``Redis``, which
+can be killed and started again on its port) and a gunicorn master followed through its log
+(``Gunicorn``: its port, its live workers, a reload, a killed worker).
 
 Every process is started in a session of its own (``setsid``), so that stopping it stops
 its children too (gunicorn's workers), and is remembered in one registry; ``stop_all``
@@ -10,6 +13,8 @@ from __future__ import annotations
 
 import os
 import queue
+import random
+import re
 import resource
 import signal
 import socket
@@ -21,7 +26,10 @@ from pathlib import Path
 
 __all__ = [
     "CLOCK_TICKS",
+    "Gunicorn",
     "Proc",
+    "Redis",
+    "alive",
     "core_busy_seconds",
     "cpu_seconds",
     "free_port",
@@ -29,12 +37,14 @@ __all__ = [
     "session_pids",
     "start",
     "stop_all",
+    "wait_for",
 ]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 _RUNNING: list[Proc] = []
 _LOCK = threading.Lock()
+_T = t.TypeVar("_T")
 
 
 class Proc:
@@ -86,7 +96,7 @@ class Proc:
 
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM the process's whole session, then SIGKILL what is left after ``grace``."""
-        _signal_session(self.pid, signal.SIGTERM)
+        self._signal_session(signal.SIGTERM)
         try:
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -95,9 +105,14 @@ class Proc:
         deadline = time.monotonic() + grace
         while session_pids(self.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        _signal_session(self.pid, signal.SIGKILL)
+        self.kill(grace)
+
+    def kill(self, wait: float = 2.0) -> None:
+        """SIGKILL the process's whole session at once, the way a crash ends it; wait up to
+        ``wait`` seconds for the leader to go, and forget it (``stop_all`` is done with it)."""
+        self._signal_session(signal.SIGKILL)
         try:
-            self.popen.wait(timeout=grace)
+            self.popen.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             pass
         for stream in (self.popen.stdin, self.popen.stdout):
@@ -110,6 +125,18 @@ class Proc:
             if self in _RUNNING:
                 _RUNNING.remove(self)
 
+    def _signal_session(self, signum: int) -> None:
+        # The leader through Popen, which signals no process once it has reaped it (its pid
+        # may have been given to another); the rest through /proc.
+        self.popen.send_signal(signum)
+        for pid in session_pids(self.pid):
+            if pid == self.pid:
+                continue
+            try:
+                os.kill(pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def _read(self) -> None:
         assert self.popen.stdout is not None
         for raw in self.popen.stdout:
@@ -121,20 +148,22 @@ def start(
     name: str,
     argv: list[str],
     *,
-    cpu: int,
+    cpu: int | None,
     env: t.Mapping[str, str] | None = None,
     cwd: Path | None = None,
     log: Path | None = None,
     interactive: bool = False,
 ) -> Proc:
-    """Start ``argv`` pinned to ``cpu`` with the open-files limit raised to the hard limit.
+    """Start ``argv`` with the open-files limit raised to the hard limit.
 
+    :param cpu: the core to pin it to, or None to leave it on every core this process has.
     :param log: file for standard output and error (``interactive`` keeps standard output
         as a pipe read line by line, and takes standard input from a pipe).
     """
 
     def prepare() -> None:
-        os.sched_setaffinity(0, {cpu})
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -167,14 +196,6 @@ def stop_all() -> None:
         proc.stop(grace=3.0)
 
 
-def _signal_session(sid: int, signum: int) -> None:
-    for pid in session_pids(sid) or [sid]:
-        try:
-            os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -182,6 +203,12 @@ def _stat_fields(pid: int) -> list[str] | None:
         return None
     # The command name is in parentheses and may contain spaces; fields follow the last ')'.
     return text[text.rindex(")") + 2 :].split()
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process and not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def session_pids(sid: int) -> list[int]:
@@ -238,3 +265,136 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_for(predicate: t.Callable[[], _T | None], timeout: float, what: str) -> _T:
+    """Poll ``predicate`` until it returns something true, and return that.
+
+    :raises RuntimeError: if it has not after ``timeout`` seconds; ``what`` says what was
+        awaited ("timed out after 15 s waiting for redis-server to answer PING").
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Redis:
+    """``redis-server`` on a port of 127.0.0.1 chosen once, keeping nothing on disk: a restart
+    (``kill``, then ``start``) comes back empty, on the same port, at the same ``url``."""
+
+    def __init__(self, log: Path, *, cpu: int | None = None) -> None:
+        self.log = log
+        self.cpu = cpu
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Proc | None = None
+
+    def start(self, timeout: float = 15.0) -> Proc:
+        """Start redis-server (again) and return it once it answers PING.
+
+        :raises RuntimeError: if it exits or does not answer within ``timeout`` seconds,
+            with the end of its log.
+        """
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.log.parent), "--maxclients", "19000", "--loglevel", "warning", "--daemonize", "no"]  # fmt: skip
+        proc = self.proc = start("redis", argv, cpu=self.cpu, log=self.log)
+
+        def pong() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"redis-server exited at start (status {proc.popen.returncode})")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(64).startswith(b"+PONG")
+            except OSError:
+                return False
+
+        try:
+            wait_for(pong, timeout, "redis-server to answer PING")
+        except RuntimeError as e:
+            proc.stop()
+            raise RuntimeError(f"{e}; its log ends:\n{proc.log_tail()}") from None
+        return proc
+
+    def kill(self) -> None:
+        """SIGKILL redis-server: what it held is gone."""
+        if self.proc is not None:
+            self.proc.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+class Gunicorn:
+    """A gunicorn master started on port 0 (``--bind 127.0.0.1:0``), followed through its log:
+    the port from its ``Listening at:`` line, the live workers from their ``Worker ready (pid:
+    N)`` lines (which sse-flask's ``post_worker_init`` writes) and ``Worker exiting`` lines.
+
+    Returns once the master listens and ``workers`` workers are ready.
+
+    :raises RuntimeError: if the master exits first, or either takes too long.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        workers: int,
+        log: Path,
+        env: t.Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        cpu: int | None = None,
+    ) -> None:
+        self.workers = workers
+        self.log = log
+        self.proc = start(name, argv, cpu=cpu, env=env, cwd=cwd, log=log)
+        try:
+            self.port = int(wait_for(self._listening, 30, "gunicorn to listen").group(1))
+            wait_for(lambda: len(self.worker_pids()) >= workers, 60, f"{workers} workers to be ready")
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """Workers that logged "Worker ready", have not logged "Worker exiting", and live."""
+        log = self.log_text()
+        exited = {int(pid) for pid in re.findall(r"Worker exiting \(pid: (\d+)\)", log)}
+        ready = [int(pid) for pid in re.findall(r"Worker ready \(pid: (\d+)\)", log)]
+        return [pid for pid in ready if pid not in exited and alive(pid)]
+
+    def rss(self) -> int:
+        """Resident bytes of the master and its workers."""
+        return rss_bytes(session_pids(self.proc.pid))
+
+    def reload(self) -> None:
+        """Graceful reload (SIGHUP): new workers boot, then the old ones stop."""
+        old = set(self.worker_pids())
+        self.proc.popen.send_signal(signal.SIGHUP)
+        wait_for(lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers, 60, "the reload")
+
+    def kill_worker(self) -> int:
+        """SIGKILL one worker, chosen at random; return its pid once gunicorn has a
+        replacement ready."""
+        victim = random.choice(self.worker_pids())
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in self.worker_pids() and len(self.worker_pids()) >= self.workers, 60, "a replacement worker")
+        return victim
+
+    def stop(self) -> None:
+        """SIGTERM the master and its workers; SIGKILL what is left 15 s later."""
+        self.proc.stop(grace=15)
+
+    def _listening(self) -> re.Match[str] | None:
+        if not self.proc.alive():
+            raise RuntimeError(f"the server exited with {self.proc.popen.returncode}:\n{self.log_text()[-3000:]}")
+        return re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log_text())

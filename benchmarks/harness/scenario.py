@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import socket
 import subprocess
 import time
 import typing as t
@@ -72,7 +71,8 @@ def run_scenario(
         redis_url = None
         redis = None
         if server.redis:
-            redis, redis_url = _start_redis(plan.server_cpu, workdir / f"{label}.redis.log")
+            redis_server = procs.Redis(workdir / f"{label}.redis.log", cpu=plan.server_cpu)
+            redis, redis_url = redis_server.start(), redis_server.url
             started.append(redis)
         port = procs.free_port()
         srv = procs.start(
@@ -193,40 +193,17 @@ def _start_py_spy(pid: int, output: Path, seconds: float, plan: Plan, workdir: P
     )
 
 
-def _start_redis(cpu: int, log: Path) -> tuple[procs.Proc, str]:
-    port = procs.free_port()
-    redis = procs.start(
-        "redis",
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--maxclients", "19000", "--loglevel", "warning", "--daemonize", "no"],  # fmt: skip
-        cpu=cpu,
-        log=log,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return redis, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            pass
-        if not redis.alive():
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"redis-server did not start: {log.read_text(errors='replace')[-500:]}")
-
-
 def _wait_ready(srv: procs.Proc, url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if not srv.alive():
-            raise RuntimeError(f"{srv.name} exited at start (status {srv.popen.returncode}):\n{srv.log_tail()}")
+            raise RuntimeError(f"{srv.name} exited at start (status {srv.popen.returncode})")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{srv.name} did not answer {url} within {timeout:g} s:\n{srv.log_tail()}")
+            return False
+
+    try:
+        procs.wait_for(answers, timeout, f"{srv.name} to answer {url}")
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}:\n{srv.log_tail()}") from None
