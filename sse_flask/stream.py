@@ -203,9 +203,11 @@ class _PeerWatch:
     @classmethod
     def start(cls, environ: t.Mapping[str, t.Any], subscription: Subscription) -> _PeerWatch | None:
         sock = environ.get("gunicorn.socket")
-        gevent = sys.modules.get("gevent")
-        if sock is None or gevent is None or not gevent.monkey.is_module_patched("socket"):
+        monkey = sys.modules.get("gevent.monkey")
+        if sock is None or monkey is None or not monkey.is_module_patched("socket"):
             return None
+        import gevent
+
         return cls(sock, subscription, gevent.get_hub().loop.io(sock.fileno(), 1))
 
     def client_gone(self) -> bool:

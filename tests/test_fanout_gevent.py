@@ -75,3 +75,22 @@ def test_greenlet_wakeup(case: str) -> None:
     script = PRELUDE + textwrap.dedent(CASES[case]) + "\nprint('ok')\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_gevent_imported_without_monkey_patching_uses_plain_threading() -> None:
+    """An app that imports gevent (a library may) but does not patch gets the thread-based
+    wait, and no socket watcher, instead of an AttributeError for gevent.monkey."""
+    script = """
+import threading, gevent
+from sse_flask.broker import MemoryBroker
+from sse_flask.stream import EventStream
+broker = MemoryBroker(history=10)
+sub = broker.subscribe(["a"], None, queue_size=10)
+assert isinstance(sub._wakeup, threading.Event), type(sub._wakeup)
+stream = EventStream(sub, heartbeat=5, retry_ms=1000, lifetime=0, environ={"gunicorn.socket": object()}, on_close=lambda: None)
+assert stream._peer is None
+stream.close()
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -125,9 +125,11 @@ class _Wakeup(t.Protocol):
 def _wakeup() -> _Wakeup:
     """A :class:`threading.Event` for the calling thread to wait on; under gevent's
     monkey-patching, a :class:`_GreenletWakeup` for the calling greenlet."""
-    gevent = sys.modules.get("gevent")
-    if gevent is None or not gevent.monkey.is_module_patched("threading"):
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
         return threading.Event()
+    import gevent
+
     return _GreenletWakeup(gevent.get_hub())
 
 
