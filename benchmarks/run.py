@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import procs, report  # noqa: E402
+from harness import compression, procs, report  # noqa: E402
 from harness.scenario import Plan, run_scenario  # noqa: E402
 from harness.servers import BENCH_DIR, SERVERS, build_go  # noqa: E402
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-throughput", action="store_true", help="fanout only")
     parser.add_argument("--no-fanout", action="store_true", help="throughput only")
+    parser.add_argument("--no-gzip", action="store_true", help="leave out the SSE_COMPRESS byte saving")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or results/quick)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only rewrite the report from a results.json")
     parser.add_argument("--profile", action="store_true", help="py-spy record the sse_flask worker over each measurement window")
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
     results: list[dict[str, t.Any]] = []
+    saved: list[dict[str, t.Any]] = []
     started = time.monotonic()
     try:
         binaries = build_go(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench")
@@ -96,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_scenario(SERVERS[name], mode, streams, plan, binaries, Path(tmp), profile=profile)
                     results.append(result)
                     print("         " + _one_line(result), flush=True)
+            if "sse_flask" in names and not args.no_gzip:
+                print(f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True)
+                try:
+                    saved = compression.measure(Path(tmp), cpu=server_cpu)
+                except Exception as e:  # a failure here must not lose the figures already taken
+                    print(f"         FAILED: {e}", flush=True)
+                for row in saved:
+                    print(f"         {row['kind']}: {row['saving']:.0%} fewer bytes", flush=True)
     except KeyboardInterrupt:
         print("interrupted: stopping every process and writing what was measured", file=sys.stderr)
     except RuntimeError as e:  # the Go build
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg": loadavg,
         **{key: getattr(plan, key) for key in ("clients", "publishers", "duration", "events", "rate")},
         "streams": list(plan.streams),
+        "compression": saved,
     }
     _write_report(results, meta, out)
     print(f"total {meta['seconds']} s")
@@ -132,7 +143,7 @@ def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: 
 
 
 def _select(only: str | None, skip: str | None) -> list[str]:
-    names = list(SERVERS)
+    names = [name for name, server in SERVERS.items() if server.default]
     if only:
         names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names + (skip.split(",") if skip else []) if n.strip() not in SERVERS]

@@ -187,6 +187,19 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
             )
     out.append("")
 
+    if meta.get("compression"):
+        out.append("## gzip (SSE_COMPRESS)\n")
+        out.append(
+            "The same JSON events read by two sse_flask streams, one asking for gzip: body bytes received. "
+            "Events 10 ms apart, so each is its own write with its own sync flush (the case that compresses worst).\n"
+        )
+        out.append("| events | count | bytes without gzip | bytes with gzip | saving |")
+        out.append("|---|---:|---:|---:|---:|")
+        for row in meta["compression"]:
+            out.append(
+                f"| {row['kind']} | {row['events']:,} | {row['bytes_plain']:,} | {row['bytes_gzip']:,} | {row['saving']:.0%} |"
+            )
+        out.append("")
     problems = [r for r in results if r.get("error") or ("load" in r and _load_problems(r))]
     if problems:
         out.append("## Problems seen\n")

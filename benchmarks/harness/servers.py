@@ -41,6 +41,8 @@ class Server:
     env: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: the sse_flask rows, whose figures are compared with every peer
     ours: bool = False
+    #: measured by a plain run; the others only when named with --only
+    default: bool = True
 
     def environ(self, redis_url: str | None) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -52,6 +54,14 @@ class Server:
 def _sse_flask(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
     argv = [sys.executable, "-m", "sse_flask", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
     return argv + (["--broker", redis_url] if redis_url else [])
+
+
+def _sse_flask_pywsgi(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
+    """sse_flask's own gunicorn settings, under gunicorn's other gevent worker class."""
+    return [
+        sys.executable, "-m", "gunicorn", "-c", str(BENCH_DIR.parent / "gunicorn.conf.py"), "-k", "gevent_pywsgi",
+        "--workers", "1", "--bind", f"127.0.0.1:{port}", "sse_flask.demo:create_app()",
+    ]  # fmt: skip
 
 
 def _gunicorn(module: str) -> t.Callable[[int, str | None, dict[str, Path]], list[str]]:
@@ -83,6 +93,7 @@ SERVERS: dict[str, Server] = {
         Server("flask-queue", "Flask + queue.Queue, gunicorn gevent", _gunicorn("flask_queue:app")),
         Server("sse-starlette", "sse-starlette on uvicorn (uvloop, httptools)", _uvicorn),
         Server("flask-sse", "flask-sse (Redis pub/sub), gunicorn gevent", _gunicorn("flask_sse_app:app"), redis=True),
+        Server("sse_flask-pywsgi", "sse_flask on gunicorn's gevent_pywsgi worker", _sse_flask_pywsgi, default=False),
     ]
 }
 
