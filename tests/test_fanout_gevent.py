@@ -70,11 +70,15 @@ CASES = {
 }
 
 
+def run_ok(script: str) -> None:
+    """Run ``script`` in a fresh interpreter; it must end by printing ``ok``."""
+    result = subprocess.run([sys.executable, "-c", script + "\nprint('ok')\n"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_greenlet_wakeup(case: str) -> None:
-    script = PRELUDE + textwrap.dedent(CASES[case]) + "\nprint('ok')\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    run_ok(PRELUDE + textwrap.dedent(CASES[case]))
 
 
 def test_gevent_imported_without_monkey_patching_uses_plain_threading() -> None:
@@ -90,7 +94,5 @@ assert isinstance(sub._wakeup, threading.Event), type(sub._wakeup)
 stream = EventStream(sub, heartbeat=5, retry_ms=1000, lifetime=0, environ={"gunicorn.socket": object()}, on_close=lambda: None)
 assert stream._peer is None
 stream.close()
-print("ok")
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    run_ok(script)
