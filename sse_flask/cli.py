@@ -37,7 +37,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 #: Settings for long-lived streams, whatever gunicorn's defaults are.
 GUNICORN_SETTINGS: dict[str, t.Any] = {
-    "worker_class": "gevent",
+    "worker_class": "sse_flask.worker.GeventWorker",
     # Each open stream holds one of a worker's connections (gunicorn's default is 1000);
     # room for 10,000 streams and the requests that publish and poll beside them.
     "worker_connections": 20000,

@@ -9,6 +9,9 @@ Cleanup is in :meth:`EventStream.close`, which every WSGI server calls (PEP 3333
 the body was never iterated, which a ``finally`` in a generator would miss. Under gunicorn's
 gevent worker a watcher on the client's socket notices a closed connection at once; under
 other servers the next heartbeat's failed write does.
+
+Under :class:`sse_flask.worker.GeventWorker`, publishers send frames to a waiting stream's
+socket themselves, through the writer the worker gives it (:meth:`EventStream.write_through`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .metrics import metrics, sent
 if t.TYPE_CHECKING:
     from gevent.libev.corecext import io as _IOWatcher
 
-__all__ = ["EventStream"]
+__all__ = ["EventStream", "SocketWriter"]
 
 log = logging.getLogger("sse_flask")
 
@@ -37,6 +40,19 @@ _HEARTBEAT = encode_comment("heartbeat")
 LIFETIME = "lifetime reached"
 #: Replayed frames are written in chunks of about this size rather than all at once.
 _REPLAY_CHUNK = 256 * 1024
+
+
+class SocketWriter(t.Protocol):
+    """Sends frames straight to the client's socket; see :mod:`sse_flask.worker`."""
+
+    #: What the socket did not take of the last frame, to be written before anything else.
+    rest: bytes
+
+    def send(self, frame: bytes) -> bool:
+        """Send ``frame`` without blocking; ``False`` if none of it went out."""
+
+    def flush(self) -> None:
+        """Write :attr:`rest`, blocking the calling greenlet."""
 
 
 class EventStream:
@@ -79,6 +95,9 @@ class EventStream:
         self._opened = time.monotonic()
         self._replayed = len(subscription.replay)
         self._bytes = 0
+        self._events = 0
+        self._last_write = self._opened
+        self._writer: SocketWriter | None = None
         self._ended: str | None = None
         self._compress = compress
         metrics().streams_open.inc()
@@ -86,12 +105,19 @@ class EventStream:
     def __iter__(self) -> t.Iterator[bytes]:
         return _gzip(self._frames()) if self._compress else self._frames()
 
+    def write_through(self, writer: SocketWriter) -> None:
+        """Let publishers send frames through ``writer`` while the stream waits with nothing
+        queued (not for a gzipped stream, whose frames must go through its compressor)."""
+        if not self._compress:
+            self._writer = writer
+
     def close(self) -> None:
         """End the subscription, release the stream's slot and log why it ended; idempotent."""
         if self._on_close is None:
             return
         on_close, self._on_close = self._on_close, None
         subscription = self._subscription
+        subscription.direct = None
         reason = self._ended or subscription.closed or CLIENT
         subscription.close()
         if self._peer is not None:
@@ -105,7 +131,7 @@ class EventStream:
             "stream closed (%s) after %.1f s: %d events, %d bytes, channels %s",
             reason,
             time.monotonic() - self._opened,
-            self._replayed + subscription.taken,
+            self._events,
             self._bytes,
             ",".join(subscription.channels),
         )
@@ -114,29 +140,38 @@ class EventStream:
         subscription = self._subscription
         for chunk in _chunks([encode_retry(self._retry_ms), *subscription.replay]):
             yield chunk
-            self._wrote(chunk, 0)
-        sent.add(self._replayed, 0)
+            self._wrote(len(chunk), 0)
+        self._wrote(0, self._replayed)
         subscription.replay = []
-        now = last_write = time.monotonic()
+        writer = self._writer
+        send = self._send if writer is not None else None
+        now = self._last_write = time.monotonic()
         deadline = now + self._lifetime if self._lifetime is not None else None
         while True:
-            due = last_write + self._heartbeat
+            due = self._last_write + self._heartbeat
             if deadline is not None:
                 due = min(due, deadline)
             taken = subscription.taken
-            if due - now > TICK:
-                # Far off: the fan-out's ticker wakes us up to one tick early, and a short
-                # timed wait does the rest; a timed wait on every wake-up costs far more.
-                subscription.wake_at = due - TICK
-                chunk = subscription.wait(None)
-            else:
-                chunk = subscription.wait(max(due - now, 0.0))
+            subscription.direct = send
+            try:
+                if due - now > TICK:
+                    # Far off: the fan-out's ticker wakes us up to one tick early, and a
+                    # short timed wait does the rest; a timed wait on every wake-up costs
+                    # far more.
+                    subscription.wake_at = due - TICK
+                    chunk = subscription.wait(None)
+                else:
+                    chunk = subscription.wait(max(due - now, 0.0))
+            finally:
+                subscription.direct = None
             now = time.monotonic()
+            if writer is not None and writer.rest:
+                writer.flush()
             if chunk:
                 yield chunk
                 subscription.hold()
-                self._wrote(chunk, subscription.taken - taken)
-                last_write = now
+                self._wrote(len(chunk), subscription.taken - taken)
+                self._last_write = now
             elif subscription.closed is not None:
                 return
             elif self._peer is not None and self._peer.client_gone():
@@ -145,14 +180,28 @@ class EventStream:
             elif deadline is not None and now >= deadline:
                 self._ended = LIFETIME
                 return
-            elif now - last_write >= self._heartbeat:
+            elif now - self._last_write >= self._heartbeat:
                 yield _HEARTBEAT
-                self._wrote(_HEARTBEAT, 0)
-                last_write = now
+                self._wrote(len(_HEARTBEAT), 0)
+                self._last_write = now
 
-    def _wrote(self, chunk: bytes, frames: int) -> None:
-        self._bytes += len(chunk)
-        sent.add(frames, len(chunk))
+    def _send(self, frame: bytes) -> bool:
+        """Send ``frame`` through the writer while the stream waits: its
+        :attr:`Subscription.direct`. The fan-out counts it in :data:`sent`."""
+        writer = t.cast(SocketWriter, self._writer)
+        if not writer.send(frame):
+            return False
+        self._events += 1
+        self._bytes += len(frame)
+        self._last_write = time.monotonic()
+        if writer.rest:
+            self._subscription.wake()
+        return True
+
+    def _wrote(self, size: int, frames: int) -> None:
+        self._bytes += size
+        self._events += frames
+        sent.add(frames, size)
 
 
 def _gzip(chunks: t.Generator[bytes, None, None]) -> t.Iterator[bytes]:

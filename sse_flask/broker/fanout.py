@@ -14,6 +14,10 @@ subscription is held, and frames that arrive meanwhile wait to go out together. 
 to an idle stream goes out at once; a busy stream sends its burst in a few writes instead
 of one per event, which is what most of a worker's time goes to otherwise (waking the
 stream, gunicorn's write path, a system call).
+
+Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), a frame for
+a stream that waits with nothing queued is sent by :meth:`Fanout.deliver` itself, without
+blocking, and the stream is held as if it had written it: its greenlet is not woken at all.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import sys
 import threading
 import time
 import typing as t
+
+from ..metrics import sent
 
 __all__ = ["Fanout", "Subscription"]
 
@@ -48,7 +54,7 @@ class Subscription:
     """
 
     __slots__ = (
-        "channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "wake_at", "held",
+        "channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "wake_at", "held", "direct",
         "_frames", "_wakeup", "_limit", "_fanout",
     )
 
@@ -72,6 +78,11 @@ class Subscription:
         #: Set by :meth:`hold`: new frames do not wake :meth:`wait` until the fan-out
         #: releases the subscription.
         self.held = False
+        #: Set by a stream while it waits, where the server lets it write to the client's
+        #: socket (:mod:`sse_flask.worker`): sends a frame at once, without blocking or
+        #: switching, or returns ``False`` having sent nothing. :meth:`Fanout.deliver`
+        #: uses it for a frame that would otherwise wake the stream to write it.
+        self.direct: t.Callable[[bytes], bool] | None = None
         self._frames: collections.deque[bytes] = collections.deque()
         self._wakeup = _wakeup()
         self._limit = limit
@@ -239,11 +250,28 @@ class Fanout:
         subscribers = self._channels.get(channel)
         if not subscribers:
             return
-        slow = [
-            subscription
-            for subscription in subscribers
-            if (subscription.skip_until is None or position > subscription.skip_until) and not subscription.offer(frame)
-        ]
+        slow = []
+        held = self._held
+        holding = bool(held)
+        direct = 0
+        for subscription in subscribers:
+            if subscription.skip_until is not None and not position > subscription.skip_until:
+                continue
+            if (
+                subscription.direct is not None
+                and not subscription.held
+                and not subscription._frames
+                and subscription.direct(frame)
+            ):
+                subscription.held = True
+                held.append(subscription)
+                direct += 1
+            elif not subscription.offer(frame):
+                slow.append(subscription)
+        if direct:
+            sent.add(direct, direct * len(frame))
+            if not holding:
+                self._holding.set()
         for subscription in slow:
             self.dropped += 1
             self._unregister(subscription, SLOW)
