@@ -3,7 +3,8 @@
 
     gunicorn -c gunicorn.conf.py 'yourapp:create_app()'
 
-gevent workers with room for 10,000 streams each, and open streams closed as soon as a
+sse-flask's gevent workers (sse_flask.worker.GeventWorker: publishes write to waiting
+streams themselves) with room for 10,000 streams each, and open streams closed as soon as a
 worker is told to stop, so that browsers reconnect to the new workers at once; /metrics
 summed over the workers.
 """

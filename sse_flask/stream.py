@@ -117,7 +117,6 @@ class EventStream:
             return
         on_close, self._on_close = self._on_close, None
         subscription = self._subscription
-        subscription.direct = None
         reason = self._ended or subscription.closed or CLIENT
         subscription.close()
         if self._peer is not None:

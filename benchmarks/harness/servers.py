@@ -56,12 +56,17 @@ def _sse_flask(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str
     return argv + (["--broker", redis_url] if redis_url else [])
 
 
-def _sse_flask_pywsgi(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
-    """sse_flask's own gunicorn settings, under gunicorn's other gevent worker class."""
-    return [
-        sys.executable, "-m", "gunicorn", "-c", str(BENCH_DIR.parent / "gunicorn.conf.py"), "-k", "gevent_pywsgi",
-        "--workers", "1", "--bind", f"127.0.0.1:{port}", "sse_flask.demo:create_app()",
-    ]  # fmt: skip
+def _sse_flask_under(worker_class: str) -> t.Callable[[int, str | None, dict[str, Path]], list[str]]:
+    """sse_flask's own gunicorn settings, under one of gunicorn's gevent worker classes
+    instead of sse_flask's."""
+
+    def argv(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn", "-c", str(BENCH_DIR.parent / "gunicorn.conf.py"), "-k", worker_class,
+            "--workers", "1", "--bind", f"127.0.0.1:{port}", "sse_flask.demo:create_app()",
+        ]  # fmt: skip
+
+    return argv
 
 
 def _gunicorn(module: str) -> t.Callable[[int, str | None, dict[str, Path]], list[str]]:
@@ -93,7 +98,8 @@ SERVERS: dict[str, Server] = {
         Server("flask-queue", "Flask + queue.Queue, gunicorn gevent", _gunicorn("flask_queue:app")),
         Server("sse-starlette", "sse-starlette on uvicorn (uvloop, httptools)", _uvicorn),
         Server("flask-sse", "flask-sse (Redis pub/sub), gunicorn gevent", _gunicorn("flask_sse_app:app"), redis=True),
-        Server("sse_flask-pywsgi", "sse_flask on gunicorn's gevent_pywsgi worker", _sse_flask_pywsgi, default=False),
+        Server("sse_flask-gevent", "sse_flask on gunicorn's gevent worker", _sse_flask_under("gevent"), default=False),
+        Server("sse_flask-pywsgi", "sse_flask on gunicorn's gevent_pywsgi worker", _sse_flask_under("gevent_pywsgi"), default=False),
     ]
 }
 
