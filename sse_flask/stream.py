@@ -45,11 +45,11 @@ _REPLAY_CHUNK = 256 * 1024
 class SocketWriter(t.Protocol):
     """Sends frames straight to the client's socket; see :mod:`sse_flask.worker`."""
 
-    #: What the socket did not take of the last frame, to be written before anything else.
+    #: What the socket did not take of the last send, to be written before anything else.
     rest: bytes
 
-    def send(self, frame: bytes) -> bool:
-        """Send ``frame`` without blocking; ``False`` if none of it went out."""
+    def send(self, data: bytes) -> bool:
+        """Send ``data`` without blocking; ``False`` if none of it went out."""
 
     def flush(self) -> None:
         """Write :attr:`rest`, blocking the calling greenlet."""
@@ -184,14 +184,14 @@ class EventStream:
                 self._wrote(len(_HEARTBEAT), 0)
                 self._last_write = now
 
-    def _send(self, frame: bytes) -> bool:
-        """Send ``frame`` through the writer while the stream waits: its
-        :attr:`Subscription.direct`. The fan-out counts it in :data:`sent`."""
+    def _send(self, data: bytes, frames: int) -> bool:
+        """Send ``frames`` joined as ``data`` through the writer while the stream waits: its
+        :attr:`Subscription.direct`. The fan-out counts them in :data:`sent`."""
         writer = t.cast(SocketWriter, self._writer)
-        if not writer.send(frame):
+        if not writer.send(data):
             return False
-        self._events += 1
-        self._bytes += len(frame)
+        self._events += frames
+        self._bytes += len(data)
         self._last_write = time.monotonic()
         if writer.rest:
             self._subscription.wake()

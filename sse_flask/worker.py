@@ -64,7 +64,7 @@ def _offer_writers(app: WSGIApplication) -> WSGIApplication:
 
 class _SocketWriter:
     """Sends a stream's frames to its client without blocking, as gunicorn's ``response``
-    would write them: a chunk each, under chunked transfer encoding.
+    would write them: one chunk per call, under chunked transfer encoding.
 
     Only :meth:`EventStream` calls it, and only after gunicorn has sent the headers and
     while the stream waits, so nothing else writes to the socket meanwhile.
@@ -73,7 +73,7 @@ class _SocketWriter:
     __slots__ = ("rest", "_response", "_sock", "_send", "_thread", "_hub_thread")
 
     def __init__(self, response: Response) -> None:
-        #: What the socket did not take of the last frame; the stream writes it, blocking,
+        #: What the socket did not take of the last chunk; the stream writes it, blocking,
         #: before anything else.
         self.rest = b""
         self._response = response
@@ -82,21 +82,22 @@ class _SocketWriter:
         self._thread = get_original("_thread", "get_ident")
         self._hub_thread = get_hub().thread_ident
 
-    def send(self, frame: bytes) -> bool:
-        """Send ``frame`` if the socket takes any of it at once; ``False`` if nothing went out
-        (the socket is full or closed, or the caller is on another OS thread)."""
+    def send(self, data: bytes) -> bool:
+        """Send ``data`` as one chunk if the socket takes any of it at once; ``False`` if
+        nothing went out (the socket is full or closed, or the caller is on another OS
+        thread)."""
         if self.rest or self._thread() != self._hub_thread:
             return False
         response = self._response
-        data = b"%X\r\n%s\r\n" % (len(frame), frame) if response.chunked else frame
+        chunk = b"%X\r\n%s\r\n" % (len(data), data) if response.chunked else data
         try:
-            sent = self._send(data)
+            sent = self._send(chunk)
         except OSError:
             # Full (EAGAIN) or gone: the stream's own write waits, or finds out.
             return False
-        response.sent += len(frame)
-        if sent < len(data):
-            self.rest = data[sent:]
+        response.sent += len(data)
+        if sent < len(chunk):
+            self.rest = chunk[sent:]
         return True
 
     def flush(self) -> None:

@@ -43,13 +43,20 @@ def answer(request, application=app):
     response, environ = wsgi.create(req, server, ("127.0.0.1", 1), ("127.0.0.1", 2), cfg)
     return _offer_writers(application)(environ, response.start_response), response, client
 
-def writer_of(request=b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
+def open_stream(request=b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
+    '''A stream whose headers and retry: gunicorn's response has sent; return it, the
+    rest of its body, the response and the client's end of the socket.'''
     body, response, client = answer(request)
     assert isinstance(body, EventStream)
-    response.write(next(iter(body)))  # the headers and retry:, as gunicorn sends them
+    frames = iter(body)
+    response.write(next(frames))
     head = b""
     while not head.endswith(b"retry: 3000\\n\\n" + (b"\\r\\n" if response.chunked else b"")):
         head += client.recv(4096)
+    return body, frames, response, client
+
+def writer_of(request=b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
+    body, _, response, client = open_stream(request)
     return body._writer, response, client
 
 def receive(client, size):
@@ -124,6 +131,27 @@ CASES = {
         writer, response, client = writer_of()
         client.close()
         assert not writer.send(b"data: x\\n\\n")
+    """,
+    "a publish reaches a waiting stream without waking it, and what arrives while it is held goes out in one chunk": """
+        body, frames, response, client = open_stream()
+        server = gevent.spawn(lambda: [response.write(chunk) for chunk in frames])
+        gevent.sleep(0.05)
+        sse = app.extensions["sse"].sse
+        with app.app_context():
+            for n in range(3):
+                sse.publish(f"e{n}")
+        received = b""
+        while not received.endswith(b"data: e2\\n\\n\\r\\n"):
+            received += client.recv(4096)
+        chunks, rest = [], received
+        while rest:
+            size, _, rest = rest.partition(b"\\r\\n")
+            chunks.append(rest[: int(size, 16)])
+            assert rest[int(size, 16) : int(size, 16) + 2] == b"\\r\\n"
+            rest = rest[int(size, 16) + 2 :]
+        assert [chunk.count(b"data: e") for chunk in chunks] == [1, 2], chunks
+        assert body._subscription.taken == 0, "the stream's greenlet took frames itself"
+        server.kill()
     """,
     "another OS thread than the hub's sends nothing": """
         writer, response, client = writer_of()

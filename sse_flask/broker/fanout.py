@@ -15,9 +15,10 @@ to an idle stream goes out at once; a busy stream sends its burst in a few write
 of one per event, which is what most of a worker's time goes to otherwise (waking the
 stream, gunicorn's write path, a system call).
 
-Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), a frame for
-a stream that waits with nothing queued is sent by :meth:`Fanout.deliver` itself, without
-blocking, and the stream is held as if it had written it: its greenlet is not woken at all.
+Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), the fan-out
+writes for a stream that is waiting, without blocking: :meth:`Fanout.deliver` sends a frame
+to a stream with nothing queued, and the ticker sends what a held stream gathered. The stream
+stays held as if it had written, and its greenlet is not woken at all.
 """
 
 from __future__ import annotations
@@ -79,10 +80,11 @@ class Subscription:
         #: releases the subscription.
         self.held = False
         #: Set by a stream while it waits, where the server lets it write to the client's
-        #: socket (:mod:`sse_flask.worker`): sends a frame at once, without blocking or
-        #: switching, or returns ``False`` having sent nothing. :meth:`Fanout.deliver`
-        #: uses it for a frame that would otherwise wake the stream to write it.
-        self.direct: t.Callable[[bytes], bool] | None = None
+        #: socket (:mod:`sse_flask.worker`): ``direct(data, frames)`` sends ``frames``
+        #: joined as ``data`` at once, without blocking or switching, or returns ``False``
+        #: having sent nothing. The fan-out uses it for frames that would otherwise wake
+        #: the stream to write them.
+        self.direct: t.Callable[[bytes, int], bool] | None = None
         self._frames: collections.deque[bytes] = collections.deque()
         self._wakeup = _wakeup()
         self._limit = limit
@@ -261,7 +263,7 @@ class Fanout:
                 subscription.direct is not None
                 and not subscription.held
                 and not subscription._frames
-                and subscription.direct(frame)
+                and subscription.direct(frame, 1)
             ):
                 subscription.held = True
                 held.append(subscription)
@@ -332,14 +334,27 @@ class Fanout:
                         subscription.wake()
 
     def _release(self) -> None:
-        """Let every held subscription's stream write what it gathered."""
+        """Let every held subscription's stream write what it gathered; what a waiting stream
+        gathered is sent through :attr:`Subscription.direct` at once, and it stays held."""
+        frames_sent = bytes_sent = 0
         with self.lock:
             held, self._held = self._held, []
-            self._holding.clear()
             for subscription in held:
-                subscription.held = False
-                if subscription._frames:
+                frames = subscription._frames
+                if not frames:
+                    subscription.held = False
+                elif subscription.direct is not None and subscription.direct(data := b"".join(frames), len(frames)):
+                    frames_sent += len(frames)
+                    bytes_sent += len(data)
+                    frames.clear()
+                    self._held.append(subscription)
+                else:
+                    subscription.held = False
                     subscription._wakeup.set()
+            if not self._held:
+                self._holding.clear()
+        if frames_sent:
+            sent.add(frames_sent, bytes_sent)
 
     def _unregister(self, subscription: Subscription, reason: str) -> None:
         if subscription.closed is not None:
