@@ -46,13 +46,16 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
 
 
 def _offer_writers(app: WSGIApplication) -> WSGIApplication:
+    """``app``, giving a :class:`_SocketWriter` to each event stream it returns as is, for a
+    plain 200 response to a GET over HTTP/1.x (``Response`` exactly: HTTP/2 subclasses it)."""
+
     def application(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
         body = app(environ, start_response)
         response: t.Any = getattr(start_response, "__self__", None)
         if (
             type(body) is EventStream
             and type(response) is Response
-            and response.status_code == 200
+            and getattr(response, "status_code", None) == 200  # None: start_response not called yet
             and response.response_length is None
             and environ["REQUEST_METHOD"] != "HEAD"
         ):
