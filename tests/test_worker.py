@@ -9,16 +9,28 @@ strictly.
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
 import socket
+import ssl
+import subprocess
+import sys
 import textwrap
 import time
 import typing as t
+from pathlib import Path
 
+import httpx
+import httpx_sse
 import pytest
 import requests
 
-from conftest import Server, wait_until
+from conftest import Server, need, wait_until
 from test_fanout_gevent import run_ok
+
+ROOT = Path(__file__).resolve().parent.parent
 
 PRELUDE = """
 from gevent import monkey; monkey.patch_all()
@@ -194,3 +206,36 @@ def test_a_middleware_that_wraps_the_body_sees_every_byte(serve: t.Callable[...,
         assert received.count(b"data: m") == 5, received
         body = received.partition(b"\r\n\r\n")[2]
         assert requests.get(server.url + "/passed", timeout=5).json() == {"bytes": len(body)}
+
+
+def test_streams_over_tls_are_left_to_gunicorn(tmp_path: Path) -> None:
+    """On a TLS listener the worker offers no writer (a raw send would bypass TLS): events
+    arrive intact through gunicorn started with the project's gunicorn.conf.py."""
+    need("openssl", shutil.which("openssl"))
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    log_path = tmp_path / "gunicorn.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind", "127.0.0.1:0",
+             "--certfile", str(cert), "--keyfile", str(key), "sse_flask.demo:create_app()"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+        )  # fmt: skip
+    try:
+        port = int(wait_until(lambda: re.search(r"Listening at: https://127\.0\.0\.1:(\d+)", log_path.read_text()), 30, "gunicorn").group(1))
+        url = f"https://127.0.0.1:{port}"
+        wait_until(lambda: "Worker ready" in log_path.read_text(), 30, "the worker")
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=10) as client, httpx_sse.connect_sse(client, "GET", url + "/events") as source:
+            events = source.iter_sse()
+            assert next(events).retry == 3000
+            for n in range(3):
+                client.get(url + "/say", params={"msg": f"tls {n}"}).raise_for_status()
+            assert [next(events).data for _ in range(3)] == ["tls 0", "tls 1", "tls 2"]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
