@@ -69,8 +69,8 @@ class _SocketWriter:
     """Sends a stream's frames to its client without blocking, as gunicorn's ``response``
     would write them: one chunk per call, under chunked transfer encoding.
 
-    Only :meth:`EventStream` calls it, and only after gunicorn has sent the headers and
-    while the stream waits, so nothing else writes to the socket meanwhile.
+    Only its :class:`EventStream` uses it, once gunicorn has sent the headers and while the
+    stream waits, so nothing else writes to the socket meanwhile.
     """
 
     __slots__ = ("rest", "_response", "_sock", "_send", "_thread", "_hub_thread")

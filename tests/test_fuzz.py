@@ -1076,15 +1076,17 @@ def check_afterwards(fuzz: Fuzz) -> None:
 
 def test_server_serves_normally_afterwards(fuzz: Fuzz) -> None:
     """After all of the above, :func:`check_afterwards`; and, when every fuzz test of the module
-    ran, at least 10,000 cases did, and each reached the app in at least a tenth of its cases."""
+    ran, at least 10,000 cases did, and each reached the app often enough."""
     check_afterwards(fuzz)
     if FUZZ_TESTS <= fuzz.finished:
         assert fuzz.fuzzed() >= 10_000, fuzz.report()
-        # Every fuzz test must reach the app, not only gunicorn's door. The header fuzz sends
-        # mostly malformed heads on purpose: gunicorn refuses about 80% of its cases.
+        # The fuzz must mostly reach the app, not stop at gunicorn's door; but the header and
+        # method/path fuzzes send malformed heads on purpose, and gunicorn refuses about 80%
+        # and 60% of their cases: they must reach it in a tenth and a quarter of them.
         for test in FUZZ_TESTS:
             reached = fuzz.cases[test] - fuzz.refused_by_gunicorn[test]
-            assert reached >= fuzz.cases[test] / 10, f"{test}: {reached} cases reached the app; {fuzz.report()}"
+            floor = {"headers": 0.1, "methods-paths": 0.25}.get(test, 0.5)
+            assert reached >= fuzz.cases[test] * floor, f"{test}: {reached} cases reached the app; {fuzz.report()}"
 
 
 # ---------------------------------------------------------------------------------------------
