@@ -239,3 +239,35 @@ def test_streams_over_tls_are_left_to_gunicorn(tmp_path: Path) -> None:
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+def test_a_client_that_reads_late_gets_every_byte_in_order(serve: t.Callable[..., Server]) -> None:
+    """A client with a tiny receive buffer that reads nothing while 100 events of 60 KB go out
+    (more than the 4 MB that Linux lets a send buffer grow to by default):
+    sends that the socket takes in part, the rest written by the stream, frames queued and
+    sent meanwhile. Once it reads, every event arrives whole and in order, in valid chunks."""
+    server = serve(env={"SSE_HEARTBEAT": "30"})
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while b"retry:" not in received:
+            received += sock.recv(4096)
+        wait_until(lambda: server.stats()["consumers"] == 1, 10, "the stream")
+        sent = [f"{n:03d}" + "x" * 60_000 for n in range(100)]
+        for data in sent:
+            server.say(data)
+        while not received.endswith(f"data: {sent[-1]}\n\n\r\n".encode()):
+            received += sock.recv(1 << 20)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    frames = b""
+    while body:
+        size, _, body = body.partition(b"\r\n")
+        length = int(size, 16)
+        assert body[length : length + 2] == b"\r\n", "a chunk is not followed by CRLF"
+        frames, body = frames + body[:length], body[length + 2 :]
+    data = [line[6:].decode() for line in frames.split(b"\n") if line.startswith(b"data: ")]
+    assert data == sent
