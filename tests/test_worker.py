@@ -2,9 +2,9 @@
 
 The cases on its parts run in a fresh interpreter that monkey-patches first, as the worker
 does, with requests parsed and answered by gunicorn's own classes over a socket pair. The
-wire itself is checked against real gunicorn: every test that reads a stream through
-``sse-flask serve`` goes through this worker, and test_stream.py decodes its chunked framing
-strictly.
+wire is checked against real gunicorn: here behind a body-wrapping middleware, over TLS, and
+to a client that reads late; elsewhere, every test that reads a stream through ``sse-flask
+serve`` goes through this worker, and test_stream.py decodes its chunked framing strictly.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 from sse_flask.demo import create_app
 from sse_flask.stream import EventStream
-from sse_flask.worker import _SocketWriter, _offer_writers
+from sse_flask.worker import _offer_writers
 
 app = create_app()
 
