@@ -253,8 +253,6 @@ class Fanout:
         if not subscribers:
             return
         slow = []
-        held = self._held
-        holding = bool(held)
         direct = 0
         for subscription in subscribers:
             if subscription.skip_until is not None and not position > subscription.skip_until:
@@ -265,15 +263,12 @@ class Fanout:
                 and not subscription._frames
                 and subscription.direct(frame, 1)
             ):
-                subscription.held = True
-                held.append(subscription)
+                self._hold(subscription)
                 direct += 1
             elif not subscription.offer(frame):
                 slow.append(subscription)
         if direct:
             sent.add(direct, direct * len(frame))
-            if not holding:
-                self._holding.set()
         for subscription in slow:
             self.dropped += 1
             self._unregister(subscription, SLOW)
@@ -284,13 +279,9 @@ class Fanout:
     def hold(self, subscription: Subscription) -> None:
         """Hold ``subscription`` until the ticker's next release (see :meth:`Subscription.hold`)."""
         with self.lock:
-            if subscription.closed is not None:
-                return
-            subscription.held = True
-            subscription._wakeup.clear()
-            self._held.append(subscription)
-            if len(self._held) == 1:
-                self._holding.set()
+            if subscription.closed is None:
+                subscription._wakeup.clear()
+                self._hold(subscription)
 
     def remove(self, subscription: Subscription, reason: str) -> None:
         """Unregister ``subscription``, if it still is, and wake its stream."""
@@ -347,7 +338,7 @@ class Fanout:
                     frames_sent += len(frames)
                     bytes_sent += len(data)
                     frames.clear()
-                    self._held.append(subscription)
+                    self._hold(subscription)
                 else:
                     subscription.held = False
                     subscription._wakeup.set()
@@ -355,6 +346,14 @@ class Fanout:
                 self._holding.clear()
         if frames_sent:
             sent.add(frames_sent, bytes_sent)
+
+    def _hold(self, subscription: Subscription) -> None:
+        """Mark ``subscription`` held until the next release, and have the ticker release
+        it. The caller holds :attr:`lock`."""
+        subscription.held = True
+        self._held.append(subscription)
+        if len(self._held) == 1:
+            self._holding.set()
 
     def _unregister(self, subscription: Subscription, reason: str) -> None:
         if subscription.closed is not None:
