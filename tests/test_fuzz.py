@@ -40,6 +40,7 @@ import threading
 import time
 import typing as t
 import urllib.parse
+from pathlib import Path
 
 import httpx_sse._decoders as sse_decoders
 import pytest
@@ -415,17 +416,27 @@ def tell(request: pytest.FixtureRequest, line: str) -> None:
         print(f"\n{line}", flush=True)
 
 
+@contextlib.contextmanager
+def fuzzing(args: list[str], log: Path, request: pytest.FixtureRequest, label: str = "") -> t.Iterator[Fuzz]:
+    """A :class:`Fuzz` of a server started with ``args``; on exit the server stops and the
+    report is told, headed by ``label``."""
+    server = Server(args, {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, log, 1)
+    try:
+        state = Fuzz(server)
+        try:
+            yield state
+        finally:
+            state.witness.stop()
+            state.wire.close()
+            tell(request, label + state.report())
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> t.Iterator[Fuzz]:
-    server = Server([], {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, tmp_path_factory.mktemp("fuzz") / "gunicorn.log", 1)
-    state = Fuzz(server)
-    try:
+    with fuzzing([], tmp_path_factory.mktemp("fuzz") / "gunicorn.log", request) as state:
         yield state
-    finally:
-        state.witness.stop()
-        state.wire.close()
-        server.stop()
-        tell(request, state.report())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1101,17 +1112,8 @@ def redis_fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     redis = RedisServer(directory)
     redis.start()
     try:
-        server = Server(["--broker", redis.url], {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, directory / "gunicorn.log", 1)
-        try:
-            state = Fuzz(server)
-            try:
-                yield state
-            finally:
-                state.witness.stop()
-                state.wire.close()
-                tell(request, "redis " + state.report())
-        finally:
-            server.stop()
+        with fuzzing(["--broker", redis.url], directory / "gunicorn.log", request, "redis ") as state:
+            yield state
     finally:
         redis.stop()
 
