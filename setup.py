@@ -23,5 +23,13 @@ setup(
             "playwright>=1.45",
             "mypy>=1.10",
         ],
+        "dev": [
+            "ruff>=0.8",
+            "mypy>=1.10",
+            "types-requests",
+            "sphinx>=7",
+            "pallets-sphinx-themes>=2.1",
+            "myst-parser>=3",
+        ],
     },
 )
