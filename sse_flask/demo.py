@@ -44,6 +44,9 @@ def create_app() -> Flask:
     # process makes up its own: fine for one worker, but with several (--workers N) a token
     # minted by one worker is refused by the others, so set SECRET_KEY for them to share.
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
+    # The demo is for trying /say with curl and the page's form: it opts in to publishes
+    # without a token (logged as a warning at start-up; SSE_OPEN_PUBLISH=false undoes it).
+    app.config["SSE_OPEN_PUBLISH"] = True
     app.session_interface = _CookieSessionsOnDemand()
     app.register_error_handler(HTTPException, http_error)
     sse = SSE(app)

@@ -75,6 +75,8 @@ class Server:
         #: Where the blueprint is mounted (the app's SSE_URL_PREFIX); get, post, say and
         #: stats are relative to it.
         self.prefix = prefix
+        #: Sent as a bearer token by :meth:`say` when the server requires one.
+        self.publish_token = env.get("SSE_PUBLISH_TOKEN")
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -118,8 +120,9 @@ class Server:
         return requests.post(self.url + self.prefix + path, timeout=10, headers=headers, **kwargs)
 
     def say(self, data: t.Any = None, **fields: t.Any) -> str:
-        """Publish over POST /say; return the event id."""
-        response = self.post("/say", json={"data": data, **fields})
+        """Publish over POST /say, with the server's publish token if it has one; return the event id."""
+        headers = {"Authorization": f"Bearer {self.publish_token}"} if self.publish_token else {}
+        response = self.post("/say", json={"data": data, **fields}, headers=headers)
         assert response.status_code == 200, response.text
         return str(response.json()["id"])
 

@@ -66,6 +66,7 @@ def test_in_process_use_loads_no_heavy_dependency() -> None:
         from flask import Flask
         from sse_flask import SSE
         app = Flask(__name__)
+        app.config["SSE_OPEN_PUBLISH"] = True
         sse = SSE(app)
         sse.publish({{"x": 1}})
         assert app.test_client().get("/say?msg=hi").status_code == 200
