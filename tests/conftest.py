@@ -155,6 +155,51 @@ class Server:
         return False
 
 
+class Gunicorn(Server):
+    """Plain ``gunicorn -k gevent`` serving ``app`` (``MODULE:VARIABLE`` or
+    ``MODULE:FACTORY()``), as a user runs an app that mounts the blueprint, without
+    ``sse-flask serve`` and its settings; ``args`` are more of gunicorn's options."""
+
+    def __init__(self, app: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.workers = 1
+        self.prefix = ""
+        self.publish_token = env.get("SSE_PUBLISH_TOKEN")
+        base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
+        command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", "127.0.0.1:0", "--no-control-socket", *args, app]
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**base_env, "PYTHONUNBUFFERED": "1", **env},
+                cwd=TESTS,
+                start_new_session=True,
+            )
+        try:
+            match = wait_until(self._listening, 30, "gunicorn to listen")
+            self.port = int(match.group(1))
+            self.url = f"http://127.0.0.1:{self.port}"
+            wait_until(self._healthy, 30, "/healthz to answer")
+        except AssertionError as e:
+            self.stop()
+            pytest.fail(f"gunicorn did not start ({e}); its log:\n{self.log()}")
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> t.Iterator[t.Callable[..., Gunicorn]]:
+    """Start plain gunicorn: ``gunicorn(app, *args, env={...})``; stopped at teardown."""
+    servers: list[Gunicorn] = []
+
+    def start(app: str, *args: str, env: dict[str, str] | None = None) -> Gunicorn:
+        servers.append(Gunicorn(app, list(args), env or {}, tmp_path / f"plain-gunicorn-{len(servers)}.log"))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

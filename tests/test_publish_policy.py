@@ -10,21 +10,14 @@ token), ``SSE_OPEN_PUBLISH`` and its start-up warning under any server.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import re
-import signal
-import subprocess
-import sys
 import typing as t
-from pathlib import Path
 
 import pytest
-import requests
 from flask import Flask
+from werkzeug.test import TestResponse
 
-from conftest import TESTS, wait_until
+from conftest import Gunicorn
 from sse_flask import SSE
 from sse_flask.config import DEFAULTS
 
@@ -48,6 +41,11 @@ def make_app(**config: t.Any) -> Flask:
     return app
 
 
+def error(response: TestResponse) -> str:
+    """The ``error`` of a JSON error answer."""
+    return str(t.cast(dict[str, t.Any], response.json)["error"])
+
+
 def published(app: Flask) -> int:
     return int(app.extensions["sse"].broker.stats()["published"])
 
@@ -58,8 +56,7 @@ def test_closed_by_default() -> None:
     client = app.test_client()
     for response in (client.get("/say?msg=x"), client.post("/say", json={"data": "x"}), client.post("/say", data={"data": "x"})):
         assert response.status_code == 403
-        error = response.json["error"]
-        assert "SSE_PUBLISH_TOKEN" in error and "SSE_OPEN_PUBLISH" in error
+        assert "SSE_PUBLISH_TOKEN" in error(response) and "SSE_OPEN_PUBLISH" in error(response)
     assert published(app) == 0
     assert app.extensions["sse"].sse.publish("from Python") and published(app) == 1
 
@@ -72,7 +69,7 @@ def test_open_publish() -> None:
     assert client.post("/say", data={"data": "x", "channel": "news"}).status_code == 200
     for response in (client.get("/say?msg=x&channel=user:alice"), client.post("/say", json={"data": "x", "channel": "user:alice"})):
         assert response.status_code == 403
-        assert "private" in response.json["error"] and "SSE_PUBLISH_TOKEN" in response.json["error"]
+        assert "private" in error(response) and "SSE_PUBLISH_TOKEN" in error(response)
     assert published(app) == 2
 
 
@@ -126,7 +123,7 @@ def test_cross_site(config: dict[str, t.Any], headers: dict[str, str], form: boo
     assert response.status_code == status, response.json
     assert published(app) == (status == 200)
     if status == 403:
-        assert "SSE_CORS_ORIGINS" in response.json["error"] or "JSON" in response.json["error"]
+        assert "SSE_CORS_ORIGINS" in error(response) or "JSON" in error(response)
 
 
 def test_any_origin_still_needs_json() -> None:
@@ -135,7 +132,7 @@ def test_any_origin_still_needs_json() -> None:
     client = app.test_client()
     assert client.post("/say", json={"data": "x"}, headers={"Origin": FOREIGN}).status_code == 200
     refused = client.post("/say", data={"data": "x"}, headers={"Origin": FOREIGN})
-    assert refused.status_code == 403 and "JSON" in refused.json["error"]
+    assert refused.status_code == 403 and "JSON" in error(refused)
     assert published(app) == 1
 
 
@@ -160,94 +157,31 @@ def test_open_publish_warns_at_setup(caplog: pytest.LogCaptureFixture, config: d
 # --- under plain gunicorn ------------------------------------------------------------------
 
 
-class Gunicorn:
-    """``gunicorn -k gevent`` serving ``apps.mounted:create_app()``, as a user would run it."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
-        command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", "127.0.0.1:0", "--no-control-socket"]
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [*command, "apps.mounted:create_app()"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**base_env, "PYTHONUNBUFFERED": "1", **env},
-                cwd=TESTS,
-                start_new_session=True,
-            )
-        try:
-            port = wait_until(self._listening, 30, "gunicorn to listen").group(1)
-            self.url = f"http://127.0.0.1:{port}"
-            wait_until(self._stats, 30, "/stats to answer")
-        except AssertionError as e:
-            self.stop()
-            pytest.fail(f"gunicorn did not start ({e}); its log:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def published(self) -> int:
-        return int(requests.get(self.url + "/stats", timeout=10).json()["published"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-
-    def _listening(self) -> re.Match[str] | None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}")
-        return re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log())
-
-    def _stats(self) -> bool:
-        with contextlib.suppress(requests.RequestException):
-            return requests.get(self.url + "/stats", timeout=2).status_code == 200
-        return False
-
-
-@pytest.fixture
-def gunicorn(tmp_path: Path) -> t.Iterator[t.Callable[[dict[str, str]], Gunicorn]]:
-    servers: list[Gunicorn] = []
-
-    def start(env: dict[str, str]) -> Gunicorn:
-        servers.append(Gunicorn(env, tmp_path / f"gunicorn-{len(servers)}.log"))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[[dict[str, str]], Gunicorn]) -> None:
+def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -> None:
     """An app that only calls ``sse.init_app(app)``: a GET into a private channel and a form
     posted from another site are refused and publish nothing; with SSE_PUBLISH_TOKEN the
     bearer token publishes, and a foreign form still does not."""
-    closed = gunicorn({})
-    phish = requests.get(closed.url + "/say", params={"msg": "phish", "channel": "user:alice"}, timeout=10)
-    forged = requests.post(closed.url + "/say", data={"data": "forged"}, headers={"Origin": FOREIGN}, timeout=10)
+    closed = gunicorn("apps.mounted:create_app()")
+    phish = closed.get("/say", params={"msg": "phish", "channel": "user:alice"})
+    forged = closed.post("/say", data={"data": "forged"}, headers={"Origin": FOREIGN})
     assert (phish.status_code, forged.status_code) == (403, 403)
     assert "SSE_PUBLISH_TOKEN" in phish.json()["error"] and "SSE_OPEN_PUBLISH" in forged.json()["error"]
-    assert closed.published() == 0
+    assert closed.stats()["published"] == 0
     assert "SSE_OPEN_PUBLISH is on" not in closed.log()
 
-    guarded = gunicorn({"SSE_PUBLISH_TOKEN": TOKEN})
-    assert requests.get(guarded.url + "/say", params={"msg": "x", "channel": "user:alice"}, timeout=10).status_code == 401
-    forged = requests.post(guarded.url + "/say", data={"data": "forged"}, headers={"Origin": FOREIGN, **BEARER}, timeout=10)
+    guarded = gunicorn("apps.mounted:create_app()", env={"SSE_PUBLISH_TOKEN": TOKEN})
+    assert guarded.get("/say", params={"msg": "x", "channel": "user:alice"}).status_code == 401
+    forged = guarded.post("/say", data={"data": "forged"}, headers={"Origin": FOREIGN, **BEARER})
     assert forged.status_code == 403 and "SSE_CORS_ORIGINS" in forged.json()["error"]
-    assert guarded.published() == 0
-    sent = requests.get(guarded.url + "/say", params={"msg": "x", "channel": "user:alice"}, headers=BEARER, timeout=10)
+    assert guarded.stats()["published"] == 0
+    sent = guarded.get("/say", params={"msg": "x", "channel": "user:alice"}, headers=BEARER)
     assert sent.status_code == 200 and sent.json()["channel"] == "user:alice"
-    assert guarded.published() == 1
+    assert guarded.stats()["published"] == 1
 
 
-def test_open_publish_warns_under_plain_gunicorn(gunicorn: t.Callable[[dict[str, str]], Gunicorn]) -> None:
+def test_open_publish_warns_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -> None:
     """SSE_OPEN_PUBLISH is logged as a WARNING by the worker that loads the app, without ``serve``."""
-    server = gunicorn({"SSE_OPEN_PUBLISH": "true"})
+    server = gunicorn("apps.mounted:create_app()", env={"SSE_OPEN_PUBLISH": "true"})
     assert "SSE_OPEN_PUBLISH is on: /say publishes from anyone" in server.log()
-    assert requests.get(server.url + "/say", params={"msg": "x"}, timeout=10).status_code == 200
-    assert server.published() == 1
+    assert server.get("/say", params={"msg": "x"}).status_code == 200
+    assert server.stats()["published"] == 1
