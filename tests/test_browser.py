@@ -314,8 +314,13 @@ def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserCo
 
 def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
     """A 500 and a 503 would make EventSource give up for good; sse-flask.js waits (at
-    least Retry-After) and comes back with the last event id, missing nothing."""
-    server = serve(app="apps.browser_faults:create_app", env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300"})
+    least Retry-After) and comes back with the last event id, missing nothing.
+
+    The server ends the first stream itself, at the end of its SSE_MAX_STREAM_SECONDS
+    lifetime (4.5 to 5 s), after the faults are queued; the stream it then opens lasts as long.
+    """
+    env = {"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300", "SSE_MAX_STREAM_SECONDS": "5"}
+    server = serve(app="apps.browser_faults:create_app", env=env)
     page = open_demo(context, server.url)
     first = server.say("before the outage")
     wait_for_message(page, "before the outage")
@@ -328,7 +333,8 @@ def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContex
         }"""
     )
     record_states(page)
-    server.post("/_faults", json={"answers": [[500, None], [503, "2"]], "drop": True}).raise_for_status()
+    server.post("/_faults", json={"answers": [[500, None], [503, "2"]]}).raise_for_status()
+    assert len(server.get("/_faults").json()) == 1, "the first stream ended before the faults were queued"
     wait_for_status(page, "reconnecting")
     server.say("during the outage 1")
     server.say("during the outage 2", event="update")

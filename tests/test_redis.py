@@ -282,6 +282,7 @@ def test_publish_from_threads_in_a_worker_process(redis_server: RedisServer) -> 
     app = Flask("threads")
     app.config["SSE_BROKER_URL"] = redis_server.url
     sse = SSE(app)
+    subscription = app.extensions["sse"].broker.subscribe(["threads"], None, queue_size=1000)
     ids: list[str] = []
     lock = threading.Lock()
 
@@ -297,4 +298,18 @@ def test_publish_from_threads_in_a_worker_process(redis_server: RedisServer) -> 
     for thread in threads:
         thread.join()
     assert len(set(ids)) == 160
+    received: list[tuple[str, str]] = []
+
+    def receive() -> bool:
+        for block in subscription.wait(0.1).decode().split("\n\n")[:-1]:
+            fields = dict(line.split(": ", 1) for line in block.split("\n"))
+            received.append((fields["id"], fields["data"]))
+        return len(received) >= 160
+
+    wait_until(receive, 10, "the 160 events to be delivered")
+    # Every event delivered once, with the id its publish returned, each thread's in the
+    # order it published them.
+    assert sorted(event_id for event_id, _ in received) == sorted(ids)
+    for n in range(8):
+        assert [data for _, data in received if data.startswith(f"{n}-")] == [f"{n}-{i}" for i in range(20)]
     app.extensions["sse"].broker.close()
