@@ -128,8 +128,9 @@ def say() -> Response:
     if settings.publish_token is None and state.is_private(channel or DEFAULT_CHANNEL):
         return _error(
             403,
-            f"channel {channel!r:.140} is private: publishing to it over HTTP needs SSE_PUBLISH_TOKEN "
-            "set and sent as 'Authorization: Bearer <token>', even with SSE_OPEN_PUBLISH",
+            f"channel {channel!r:.140} is private: publishing to it over HTTP needs "
+            "SSE_PUBLISH_TOKEN set and sent as 'Authorization: Bearer <token>', "
+            "even with SSE_OPEN_PUBLISH",
         )
     event_id = state.publish(data, event, channel)
     return jsonify(id=event_id, channel=channel or DEFAULT_CHANNEL, event=event or DEFAULT_EVENT)
@@ -264,7 +265,8 @@ def _cross_site_refusal(settings: Settings) -> str | None:
     in ``SSE_CORS_ORIGINS`` with a JSON body (which browsers send only after a preflight),
     publish. A client that is not a browser sends neither header and is not concerned.
     """
-    origin = request.headers.get("Origin")
+    # An empty Origin is no browser's: treated as none.
+    origin = request.headers.get("Origin") or None
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None:
         if site in ("same-origin", "none"):
@@ -278,7 +280,10 @@ def _cross_site_refusal(settings: Settings) -> str | None:
             "list its origin in SSE_CORS_ORIGINS to allow it"
         )
     if request.method == "POST" and not request.is_json:
-        return f"a publish from another origin ({origin}) must send a JSON body (Content-Type: application/json)"
+        return (
+            f"a publish from another origin ({origin}) must send a JSON body "
+            "(Content-Type: application/json)"
+        )
     return None
 
 

@@ -54,7 +54,11 @@ def test_closed_by_default() -> None:
     """With neither setting, /say answers 403 naming both ways to open it, and publishes nothing."""
     app = make_app()
     client = app.test_client()
-    for response in (client.get("/say?msg=x"), client.post("/say", json={"data": "x"}), client.post("/say", data={"data": "x"})):
+    for response in (
+        client.get("/say?msg=x"),
+        client.post("/say", json={"data": "x"}),
+        client.post("/say", data={"data": "x"}),
+    ):
         assert response.status_code == 403
         assert "SSE_PUBLISH_TOKEN" in error(response) and "SSE_OPEN_PUBLISH" in error(response)
     assert published(app) == 0
@@ -67,7 +71,10 @@ def test_open_publish() -> None:
     client = app.test_client()
     assert client.get("/say?msg=x").status_code == 200
     assert client.post("/say", data={"data": "x", "channel": "news"}).status_code == 200
-    for response in (client.get("/say?msg=x&channel=user:alice"), client.post("/say", json={"data": "x", "channel": "user:alice"})):
+    for response in (
+        client.get("/say?msg=x&channel=user:alice"),
+        client.post("/say", json={"data": "x", "channel": "user:alice"}),
+    ):
         assert response.status_code == 403
         assert "private" in error(response) and "SSE_PUBLISH_TOKEN" in error(response)
     assert published(app) == 2
@@ -103,13 +110,18 @@ def test_publish_token() -> None:
         ({"Sec-Fetch-Site": "same-origin", "Origin": "https://proxy.example"}, True, 200),
         ({"Sec-Fetch-Site": "none"}, None, 200),
         ({}, True, 200),
+        # No browser sends an empty Origin: it is treated as none.
+        ({"Origin": ""}, True, 200),
     ],
 )
 @pytest.mark.parametrize("config", [{"SSE_OPEN_PUBLISH": True}, {"SSE_PUBLISH_TOKEN": TOKEN}])
-def test_cross_site(config: dict[str, t.Any], headers: dict[str, str], form: bool | None, status: int) -> None:
+def test_cross_site(
+    config: dict[str, t.Any], headers: dict[str, str], form: bool | None, status: int
+) -> None:
     """Only same-origin requests, and listed origins sending JSON, publish; ``form`` None is a GET.
 
-    With the token too: a page could hold it, and a form posted from another site must never publish.
+    With the token too: a page could hold it, and a form posted from another site must
+    never publish.
     """
     app = make_app(SSE_CORS_ORIGINS=[LISTED], **config)
     client = app.test_client()
@@ -145,11 +157,15 @@ def test_any_origin_still_needs_json() -> None:
         ({"SSE_PUBLISH_TOKEN": TOKEN, "SSE_OPEN_PUBLISH": True}, False),
     ],
 )
-def test_open_publish_warns_at_setup(caplog: pytest.LogCaptureFixture, config: dict[str, t.Any], warned: bool) -> None:
+def test_open_publish_warns_at_setup(
+    caplog: pytest.LogCaptureFixture, config: dict[str, t.Any], warned: bool
+) -> None:
     """init_app itself warns that anyone may publish, so every server's log says so."""
     with caplog.at_level(logging.WARNING):
         make_app(**config)
-    warnings = [record for record in caplog.records if "SSE_OPEN_PUBLISH is on" in record.getMessage()]
+    warnings = [
+        record for record in caplog.records if "SSE_OPEN_PUBLISH is on" in record.getMessage()
+    ]
     assert len(warnings) == warned
     assert all(record.levelno == logging.WARNING for record in warnings)
 
@@ -165,7 +181,10 @@ def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -
     phish = closed.get("/say", params={"msg": "phish", "channel": "user:alice"})
     forged = closed.post("/say", data={"data": "forged"}, headers={"Origin": FOREIGN})
     assert (phish.status_code, forged.status_code) == (403, 403)
-    assert "SSE_PUBLISH_TOKEN" in phish.json()["error"] and "SSE_OPEN_PUBLISH" in forged.json()["error"]
+    assert (
+        "SSE_PUBLISH_TOKEN" in phish.json()["error"]
+        and "SSE_OPEN_PUBLISH" in forged.json()["error"]
+    )
     assert closed.stats()["published"] == 0
     assert "SSE_OPEN_PUBLISH is on" not in closed.log()
 
@@ -180,8 +199,32 @@ def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -
 
 
 def test_open_publish_warns_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -> None:
-    """SSE_OPEN_PUBLISH is logged as a WARNING by the worker that loads the app, without ``serve``."""
+    """SSE_OPEN_PUBLISH is logged as a WARNING by the worker that loads the app, without
+    ``serve``."""
     server = gunicorn("apps.mounted:create_app()", env={"SSE_OPEN_PUBLISH": "true"})
     assert "SSE_OPEN_PUBLISH is on: /say publishes from anyone" in server.log()
     assert server.get("/say", params={"msg": "x"}).status_code == 200
     assert server.stats()["published"] == 1
+
+
+def test_demo_inbox_say() -> None:
+    """The demo opts in to open publishing, yet its private inboxes take messages only through
+    its own view, and only as JSON: a page from another site cannot send that without the
+    CORS preflight the demo never grants (text/plain is what a form can send)."""
+    from sse_flask.demo import create_app
+
+    app = create_app()
+    client = app.test_client()
+    assert client.post("/say", json={"data": "x", "channel": "user:alice"}).status_code == 403
+    sent = client.post("/inbox-say", json={"user": "alice", "data": "hi"})
+    assert sent.status_code == 200 and t.cast(dict[str, str], sent.json)["channel"] == "user:alice"
+    as_text = client.post(
+        "/inbox-say", data='{"user": "alice", "data": "x"}', content_type="text/plain"
+    )
+    assert as_text.status_code == 400 and "JSON" in error(as_text)
+    assert client.post("/inbox-say", json={"user": "a b", "data": "x"}).status_code == 400
+    assert client.post("/inbox-say", json={"user": "alice"}).status_code == 400
+    assert (
+        client.post("/inbox-say", json={"user": "alice", "data": "x" * 70_000}).status_code == 413
+    )
+    assert published(app) == 1
