@@ -120,7 +120,8 @@ class Server:
         return requests.post(self.url + self.prefix + path, timeout=10, headers=headers, **kwargs)
 
     def say(self, data: t.Any = None, **fields: t.Any) -> str:
-        """Publish over POST /say, with the server's publish token if it has one; return the event id."""
+        """Publish over POST /say, with the server's publish token if it has one; return the
+        event id."""
         headers = {"Authorization": f"Bearer {self.publish_token}"} if self.publish_token else {}
         response = self.post("/say", json={"data": data, **fields}, headers=headers)
         assert response.status_code == 200, response.text
@@ -166,7 +167,8 @@ class Gunicorn(Server):
         self.prefix = ""
         self.publish_token = env.get("SSE_PUBLISH_TOKEN")
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
-        command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", "127.0.0.1:0", "--no-control-socket", *args, app]
+        gunicorn = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", "127.0.0.1:0"]
+        command = [*gunicorn, "--no-control-socket", *args, app]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -192,7 +194,8 @@ def gunicorn(tmp_path: Path) -> t.Iterator[t.Callable[..., Gunicorn]]:
     servers: list[Gunicorn] = []
 
     def start(app: str, *args: str, env: dict[str, str] | None = None) -> Gunicorn:
-        servers.append(Gunicorn(app, list(args), env or {}, tmp_path / f"plain-gunicorn-{len(servers)}.log"))
+        log_path = tmp_path / f"plain-gunicorn-{len(servers)}.log"
+        servers.append(Gunicorn(app, list(args), env or {}, log_path))
         return servers[-1]
 
     yield start

@@ -380,7 +380,8 @@ def test_stats(broker: Broker) -> None:
     """stats() counts open subscriptions, per channel, published and dropped; back to 0 after close."""
     # The contract's words, not the code's own broker.name.
     backend = {MemoryBroker: "memory", RedisBroker: "redis"}[type(broker)]
-    assert broker.stats() == {"consumers": 0, "channels": {}, "published": 0, "dropped": 0, "backend": backend}
+    empty = {"consumers": 0, "channels": {}, "published": 0, "dropped": 0, "backend": backend}
+    assert broker.stats() == empty
     ab = broker.subscribe(["a", "b"], None, queue_size=10)
     a = broker.subscribe(["a"], None, queue_size=10)
     broker.publish("a", frame("x"))

@@ -22,8 +22,14 @@ SECRET = "eyJjIjpbInVzZXI6MSJdfQ.secret-part"
     ("line", "expected"),
     [
         (f"GET /events?token={SECRET} HTTP/1.1", "GET /events?token=[redacted] HTTP/1.1"),
-        (f"/events?channel=user:1&token={SECRET}&lastEventId=3", "/events?channel=user:1&token=[redacted]&lastEventId=3"),
-        (f'"GET /a?token={SECRET}" 200 "http://x/?token={SECRET}"', '"GET /a?token=[redacted]" 200 "http://x/?token=[redacted]"'),
+        (
+            f"/events?channel=user:1&token={SECRET}&lastEventId=3",
+            "/events?channel=user:1&token=[redacted]&lastEventId=3",
+        ),
+        (
+            f'"GET /a?token={SECRET}" 200 "http://x/?token={SECRET}"',
+            '"GET /a?token=[redacted]" 200 "http://x/?token=[redacted]"',
+        ),
         ("GET /events?token= HTTP/1.1", "GET /events?token=[redacted] HTTP/1.1"),
         ("GET /events?channel=news HTTP/1.1", "GET /events?channel=news HTTP/1.1"),
         ("GET /events?tokens=mine&mytoken=mine", "GET /events?tokens=mine&mytoken=mine"),
@@ -42,7 +48,9 @@ def test_redact(line: str, expected: str) -> None:
         (f"request /events?token={SECRET} failed", None),
     ],
 )
-def test_filter_redacts_each_record(caplog: pytest.LogCaptureFixture, message: str, args: t.Any) -> None:
+def test_filter_redacts_each_record(
+    caplog: pytest.LogCaptureFixture, message: str, args: t.Any
+) -> None:
     """The filter formats the record first, so a token in any argument is caught, as gunicorn
     passes its access-log atoms as one mapping."""
     logger = logging.getLogger("tests.redacted")
@@ -72,7 +80,9 @@ def test_unexpected_error_log_has_no_token(caplog: pytest.LogCaptureFixture) -> 
     assert token not in caplog.text
 
 
-def test_serve_writes_no_token(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+def test_serve_writes_no_token(
+    serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]
+) -> None:
     """``sse-flask serve``'s log, its own lines and gunicorn's, holds no token after a
     stream opened with one has run and closed, and after a refused one."""
     server = serve(app="apps.tokens_app:create_app", env={"SSE_HEARTBEAT": "0.2"})
@@ -80,7 +90,9 @@ def test_serve_writes_no_token(serve: t.Callable[..., Server], stream: t.Callabl
     client = stream(server.url, channels=["user:1"], params={"token": token})
     assert client.response.status_code == 200
     client.close()
-    assert server.get("/events", params={"channel": "user:1", "token": token + "x"}).status_code == 403
+    assert (
+        server.get("/events", params={"channel": "user:1", "token": token + "x"}).status_code == 403
+    )
     wait_until(lambda: "stream closed" in server.log(), 10, "the stream's close line")
     assert token not in server.log()
 
@@ -91,13 +103,19 @@ def test_gunicorn_access_log(gunicorn: t.Callable[..., Gunicorn]) -> None:
 
     def visit(server: Gunicorn) -> str:
         requested["token"] = token = server.get("/token", params={"user": "1"}).json()["token"]
-        assert server.get("/events", params={"channel": "user:2", "token": token}).status_code == 403
+        assert (
+            server.get("/events", params={"channel": "user:2", "token": token}).status_code == 403
+        )
         wait_until(lambda: "/events?" in server.log(), 10, "the access log line")
         return server.log()
 
     plain = visit(gunicorn("apps.tokens_app:create_app()", "--access-logfile", "-"))
-    assert requested["token"] in plain, "the access log shows query strings, so the redaction is needed"
+    assert requested["token"] in plain, (
+        "the access log shows query strings, so the redaction is needed"
+    )
     logger_class = ["--logger-class", "sse_flask.logs.GunicornLogger"]
-    redacted = visit(gunicorn("apps.tokens_app:create_app()", "--access-logfile", "-", *logger_class))
+    redacted = visit(
+        gunicorn("apps.tokens_app:create_app()", "--access-logfile", "-", *logger_class)
+    )
     assert requested["token"] not in redacted
     assert "GET /events?channel=user%3A2&token=[redacted] HTTP/1.1" in redacted
