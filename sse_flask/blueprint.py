@@ -102,19 +102,36 @@ def events() -> Response:
 def say() -> Response:
     """Publish one event: from the query string on GET, from JSON or form fields on POST."""
     state = _state()
-    if not _token_ok(state.settings.publish_token):
+    settings = state.settings
+    if settings.publish_token is None and not settings.open_publish:
+        return _error(
+            403,
+            "publishing over HTTP is off: set SSE_PUBLISH_TOKEN to require a bearer token, or "
+            "SSE_OPEN_PUBLISH=true to let anyone who can reach /say publish",
+        )
+    if not _token_ok(settings.publish_token):
         return _error(
             401,
             "publishing needs the header 'Authorization: Bearer <SSE_PUBLISH_TOKEN>'; it is missing or wrong",
             {"WWW-Authenticate": 'Bearer realm="sse-flask"'},
         )
+    refusal = _cross_site_refusal(settings)
+    if refusal is not None:
+        return _error(403, refusal)
     if request.method == "GET":
         data = request.args.get("msg", request.args.get("data"))
         if data is None:
             data = f"hello {next(_hellos)}"
         event, channel = request.args.get("event"), request.args.get("channel")
     else:
-        data, event, channel = _posted_fields(state.settings)
+        data, event, channel = _posted_fields(settings)
+    if settings.publish_token is None and state.is_private(channel or DEFAULT_CHANNEL):
+        return _error(
+            403,
+            f"channel {channel!r:.140} is private: publishing to it over HTTP needs "
+            "SSE_PUBLISH_TOKEN set and sent as 'Authorization: Bearer <token>', "
+            "even with SSE_OPEN_PUBLISH",
+        )
     event_id = state.publish(data, event, channel)
     return jsonify(id=event_id, channel=channel or DEFAULT_CHANNEL, event=event or DEFAULT_EVENT)
 
@@ -195,6 +212,16 @@ def json_method_not_allowed(e: MethodNotAllowed) -> Response | MethodNotAllowed:
     return http_error(e) if request.path in routes else e
 
 
+def warn_open_publish(app: Flask, settings: Settings) -> None:
+    """Log, whatever server runs the app, that ``SSE_OPEN_PUBLISH`` lets anyone publish."""
+    if settings.open_publish and settings.publish_token is None:
+        app.logger.warning(
+            "SSE_OPEN_PUBLISH is on: %s/say publishes from anyone who can reach this app; "
+            "set SSE_PUBLISH_TOKEN to require a token",
+            settings.url_prefix,
+        )
+
+
 def enable_cors(app: Flask, settings: Settings) -> None:
     """Let the browsers of ``SSE_CORS_ORIGINS`` open streams and publish."""
     from flask_cors import CORS
@@ -227,6 +254,37 @@ def _token_ok(token: str | None) -> bool:
     # compare_digest takes as long whatever the first wrong character, so the token
     # cannot be guessed one character at a time from response times.
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"), token.encode())
+
+
+def _cross_site_refusal(settings: Settings) -> str | None:
+    """Why a browser request from another site may not publish, or ``None`` if it may.
+
+    A page on any site can make its visitors' browsers send a form ``POST`` or a ``GET``
+    without asking first (no CORS preflight), so only requests that the browser marks as
+    same-origin (``Sec-Fetch-Site``, else ``Origin``), or that come from an origin listed
+    in ``SSE_CORS_ORIGINS`` with a JSON body (which browsers send only after a preflight),
+    publish. A client that is not a browser sends neither header and is not concerned.
+    """
+    # An empty Origin is no browser's: treated as none.
+    origin = request.headers.get("Origin") or None
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        if site in ("same-origin", "none"):
+            return None
+    elif origin is None or origin == f"{request.scheme}://{request.host}":
+        return None
+    allowed = settings.cors_origins
+    if origin is None or (origin not in allowed and "*" not in allowed):
+        return (
+            f"a page from another site ({origin or 'no Origin header'}) may not publish: "
+            "list its origin in SSE_CORS_ORIGINS to allow it"
+        )
+    if request.method == "POST" and not request.is_json:
+        return (
+            f"a publish from another origin ({origin}) must send a JSON body "
+            "(Content-Type: application/json)"
+        )
+    return None
 
 
 def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:

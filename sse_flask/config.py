@@ -29,6 +29,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_MAX_STREAMS_PER_ADDRESS": 0,
     "SSE_MAX_STREAM_SECONDS": 0,
     "SSE_PUBLISH_TOKEN": None,
+    "SSE_OPEN_PUBLISH": False,
     "SSE_CORS_ORIGINS": None,
     "SSE_PRIVATE_PREFIXES": "user:",
     "SSE_COMPRESS": False,
@@ -52,6 +53,7 @@ class Settings:
     max_streams_per_address: int = 0
     max_stream_seconds: float = 0.0
     publish_token: str | None = None
+    open_publish: bool = False
     cors_origins: tuple[str, ...] = ()
     private_prefixes: tuple[str, ...] = ("user:",)
     compress: bool = False
@@ -150,6 +152,7 @@ _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_MAX_STREAMS_PER_ADDRESS": (_number(0, integer=True), "a whole number of streams, 0 (no limit) or more"),
     "SSE_MAX_STREAM_SECONDS": (_number(0, integer=False), "a number of seconds, 0 (never) or more"),
     "SSE_PUBLISH_TOKEN": (_optional_text, "unset or a string"),
+    "SSE_OPEN_PUBLISH": (_flag, "true or false (1/0, yes/no, on/off)"),
     "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
     "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
     "SSE_COMPRESS": (_flag, "true or false (1/0, yes/no, on/off)"),

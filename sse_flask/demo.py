@@ -16,6 +16,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 
 from .blueprint import http_error
+from .errors import BrokerUnavailable, DataTooLarge
 from .extension import SSE, check_channel
 from .resources import resource_dir
 
@@ -44,6 +45,9 @@ def create_app() -> Flask:
     # process makes up its own: fine for one worker, but with several (--workers N) a token
     # minted by one worker is refused by the others, so set SECRET_KEY for them to share.
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY") or secrets.token_hex(32)
+    # The demo is for trying /say with curl and the page's form: it opts in to publishes
+    # without a token (logged as a warning at start-up; SSE_OPEN_PUBLISH=false undoes it).
+    app.config["SSE_OPEN_PUBLISH"] = True
     app.session_interface = _CookieSessionsOnDemand()
     app.register_error_handler(HTTPException, http_error)
     sse = SSE(app)
@@ -80,5 +84,30 @@ def create_app() -> Flask:
         response = jsonify(channel=channel, token=token, expires_in=seconds)
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @app.post("/inbox-say")
+    def inbox_say() -> Response | tuple[Response, int]:
+        """Publish JSON ``{"user", "data"}`` into the private channel ``user:<user>``;
+        answers as ``/say`` does.
+
+        ``/say`` publishes into a private channel only with ``SSE_PUBLISH_TOKEN``, which the
+        page does not have: like a real app, the demo publishes from its own view with
+        :meth:`SSE.publish` (a real app decides first who may write to whom; the demo lets
+        anyone write to any inbox, to show the mechanism). JSON only, so that a page on
+        another site cannot post here without the CORS preflight the demo never grants.
+        """
+        body = request.get_json(silent=True)
+        if not (isinstance(body, dict) and isinstance(body.get("user"), str) and "data" in body):
+            return jsonify(error='send JSON such as {"user": "alice", "data": "hi"}'), 400
+        channel = f"user:{body['user']}"
+        try:
+            event_id = sse.publish(body["data"], channel=channel)
+        except DataTooLarge as e:
+            return jsonify(error=str(e)), 413
+        except ValueError as e:
+            return jsonify(error=str(e)), 400
+        except BrokerUnavailable as e:
+            return jsonify(error=f"nothing was sent: {e}"), 503
+        return jsonify(id=event_id, channel=channel, event="message")
 
     return app

@@ -61,7 +61,7 @@ class SSE:
         ``SSE_BROKER_URL``, ``SSE_HEARTBEAT``, ``SSE_RETRY_MS``, ``SSE_HISTORY``,
         ``SSE_QUEUE_SIZE``, ``SSE_MAX_DATA_BYTES``, ``SSE_MAX_CONNECTIONS``,
         ``SSE_MAX_STREAMS_PER_ADDRESS``, ``SSE_MAX_STREAM_SECONDS``, ``SSE_PUBLISH_TOKEN``,
-        ``SSE_CORS_ORIGINS`` and ``SSE_PRIVATE_PREFIXES``.
+        ``SSE_OPEN_PUBLISH``, ``SSE_CORS_ORIGINS`` and ``SSE_PRIVATE_PREFIXES``.
 
         :raises ConfigError: if a setting has a value that is not allowed.
         :raises RuntimeError: if ``app`` already has an SSE extension.
@@ -69,7 +69,7 @@ class SSE:
         if "sse" in app.extensions:
             raise RuntimeError("this app already has an SSE extension; call init_app(app) once per app")
         settings = load_settings(app.config, os.environ)
-        from .blueprint import blueprint, enable_cors, json_method_not_allowed
+        from .blueprint import blueprint, enable_cors, json_method_not_allowed, warn_open_publish
 
         state = _State(self, settings, make_broker(settings))
         app.extensions["sse"] = state
@@ -79,6 +79,7 @@ class SSE:
             app.register_error_handler(MethodNotAllowed, json_method_not_allowed)
         if settings.cors_origins:
             enable_cors(app, settings)
+        warn_open_publish(app, settings)
         self._apps.add(app)
         _STATES.add(state)
 

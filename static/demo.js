@@ -139,10 +139,10 @@
   });
 
   // POST body to /say from form; empty its data field once sent, or show why not.
-  function send(form, body, errorEl) {
+  function send(form, body, errorEl, url) {
     var button = form.querySelector("button[type=submit]");
     button.disabled = true;
-    fetch(urls.say, {
+    fetch(url || urls.say, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body)
@@ -203,8 +203,9 @@
     $("inbox-user").value = user;
     $("inbox-channel").textContent = channel;
     $("inbox-say").hidden = false;
-    $("inbox-curl").querySelector("code").textContent = "curl '" + new URL(urls.say, location.href).href +
-      "?channel=" + channel + "&msg=hi'";
+    $("inbox-curl").querySelector("code").textContent = "curl " +
+      new URL(urls.inboxSay, location.href).href + " -H 'Content-Type: application/json' -d '" +
+      JSON.stringify({ user: user, data: "hi" }) + "'";
     params.set("inbox", user);
     history.replaceState(null, "", "?" + params.toString());
     inbox.failures = 0;
@@ -328,7 +329,8 @@
 
   $("inbox-say").addEventListener("submit", function (submit) {
     submit.preventDefault();
-    send($("inbox-say"), { data: $("inbox-message").value, channel: "user:" + inbox.user }, $("inbox-error"));
+    var body = { data: $("inbox-message").value, user: inbox.user };
+    send($("inbox-say"), body, $("inbox-error"), urls.inboxSay);
   });
 
   updateCount();

@@ -75,6 +75,8 @@ class Server:
         #: Where the blueprint is mounted (the app's SSE_URL_PREFIX); get, post, say and
         #: stats are relative to it.
         self.prefix = prefix
+        #: Sent as a bearer token by :meth:`say` when the server requires one.
+        self.publish_token = env.get("SSE_PUBLISH_TOKEN")
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -118,8 +120,10 @@ class Server:
         return requests.post(self.url + self.prefix + path, timeout=10, headers=headers, **kwargs)
 
     def say(self, data: t.Any = None, **fields: t.Any) -> str:
-        """Publish over POST /say; return the event id."""
-        response = self.post("/say", json={"data": data, **fields})
+        """Publish over POST /say, with the server's publish token if it has one; return the
+        event id."""
+        headers = {"Authorization": f"Bearer {self.publish_token}"} if self.publish_token else {}
+        response = self.post("/say", json={"data": data, **fields}, headers=headers)
         assert response.status_code == 200, response.text
         return str(response.json()["id"])
 
@@ -150,6 +154,53 @@ class Server:
         with contextlib.suppress(requests.RequestException):
             return requests.get(self.url + self.prefix + "/healthz", timeout=2, headers=_CLOSE).status_code == 200
         return False
+
+
+class Gunicorn(Server):
+    """Plain ``gunicorn -k gevent`` serving ``app`` (``MODULE:VARIABLE`` or
+    ``MODULE:FACTORY()``), as a user runs an app that mounts the blueprint, without
+    ``sse-flask serve`` and its settings; ``args`` are more of gunicorn's options."""
+
+    def __init__(self, app: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.workers = 1
+        self.prefix = ""
+        self.publish_token = env.get("SSE_PUBLISH_TOKEN")
+        base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
+        gunicorn = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", "127.0.0.1:0"]
+        command = [*gunicorn, "--no-control-socket", *args, app]
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**base_env, "PYTHONUNBUFFERED": "1", **env},
+                cwd=TESTS,
+                start_new_session=True,
+            )
+        try:
+            match = wait_until(self._listening, 30, "gunicorn to listen")
+            self.port = int(match.group(1))
+            self.url = f"http://127.0.0.1:{self.port}"
+            wait_until(self._healthy, 30, "/healthz to answer")
+        except AssertionError as e:
+            self.stop()
+            pytest.fail(f"gunicorn did not start ({e}); its log:\n{self.log()}")
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> t.Iterator[t.Callable[..., Gunicorn]]:
+    """Start plain gunicorn: ``gunicorn(app, *args, env={...})``; stopped at teardown."""
+    servers: list[Gunicorn] = []
+
+    def start(app: str, *args: str, env: dict[str, str] | None = None) -> Gunicorn:
+        log_path = tmp_path / f"plain-gunicorn-{len(servers)}.log"
+        servers.append(Gunicorn(app, list(args), env or {}, log_path))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 def _alive(pid: int) -> bool:

@@ -314,8 +314,13 @@ def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserCo
 
 def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
     """A 500 and a 503 would make EventSource give up for good; sse-flask.js waits (at
-    least Retry-After) and comes back with the last event id, missing nothing."""
-    server = serve(app="apps.browser_faults:create_app", env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300"})
+    least Retry-After) and comes back with the last event id, missing nothing.
+
+    The server ends the first stream itself, at the end of its SSE_MAX_STREAM_SECONDS
+    lifetime (4.5 to 5 s), after the faults are queued; the stream it then opens lasts as long.
+    """
+    env = {"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300", "SSE_MAX_STREAM_SECONDS": "5"}
+    server = serve(app="apps.browser_faults:create_app", env=env)
     page = open_demo(context, server.url)
     first = server.say("before the outage")
     wait_for_message(page, "before the outage")
@@ -328,7 +333,8 @@ def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContex
         }"""
     )
     record_states(page)
-    server.post("/_faults", json={"answers": [[500, None], [503, "2"]], "drop": True}).raise_for_status()
+    server.post("/_faults", json={"answers": [[500, None], [503, "2"]]}).raise_for_status()
+    assert len(server.get("/_faults").json()) == 1, "the first stream ended before the faults"
     wait_for_status(page, "reconnecting")
     server.say("during the outage 1")
     server.say("during the outage 2", event="update")
@@ -460,6 +466,14 @@ def wait_for_inbox_status(page: Page, status: str, timeout: float = 10) -> None:
     page.wait_for_function(f"{INBOX_STATUS} === {status!r}", timeout=timeout * 1000)
 
 
+def say_to(server: Server, user: str, data: str) -> None:
+    """Publish into ``user:<user>`` through the demo's own view (/say would need the
+    publish token)."""
+    response = server.post("/inbox-say", json={"user": user, "data": data})
+    assert response.status_code == 200, response.text
+    assert response.json()["channel"] == f"user:{user}"
+
+
 def test_inbox_shows_its_users_messages_only(context: BrowserContext, server: Server) -> None:
     page = open_demo(context, server.url)
     assert page.text_content("#inbox-status") == "not open"
@@ -470,8 +484,8 @@ def test_inbox_shows_its_users_messages_only(context: BrowserContext, server: Se
     assert "inbox=alice" in page.url
     wait_until(lambda: server.stats()["channels"].get("user:alice") == 1, 10, "alice's inbox stream")
 
-    server.say("for bob", channel="user:bob")
-    server.say("<b>for alice</b>", channel="user:alice")
+    say_to(server, "bob", "for bob")
+    say_to(server, "alice", "<b>for alice</b>")
     server.say("on default")
     # The focus went to the inbox's message box: type and press Enter to send to alice.
     assert page.evaluate("document.activeElement.id") == "inbox-message"
@@ -484,7 +498,8 @@ def test_inbox_shows_its_users_messages_only(context: BrowserContext, server: Se
     assert page.text_content("#inbox-count") == "2"
     assert [m["data"] for m in messages(page)] == ["on default"]
     assert page.locator("#inbox-messages b").count() == 0
-    assert "channel=user:alice" in page.text_content("#inbox-curl")
+    curl = """/inbox-say -H 'Content-Type: application/json' -d '{"user":"alice","data":"hi"}'"""
+    assert curl in page.text_content("#inbox-curl")
     page.set_viewport_size({"width": 360, "height": 740})
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
 
@@ -529,16 +544,16 @@ def test_inbox_renews_its_token_and_misses_nothing(context: BrowserContext, serv
     token_requests(1)
     held[0].continue_(url=held[0].request.url + "&seconds=2")
     wait_for_inbox_status(page, "open")
-    server.say("before expiry", channel="user:carol")
+    say_to(server, "carol", "before expiry")
     wait_for_inbox_message(page, "before expiry")
 
     token_requests(2)
     assert page.evaluate(INBOX_STATUS) == "reconnecting"
     wait_until(lambda: not server.stats()["channels"].get("user:carol"), 5, "the server to close the expired stream")
-    server.say("while renewing", channel="user:carol")
+    say_to(server, "carol", "while renewing")
     held[1].continue_(url=held[1].request.url + "&seconds=60")
     wait_for_inbox_status(page, "open")
-    server.say("after renewal", channel="user:carol")
+    say_to(server, "carol", "after renewal")
     wait_for_inbox_message(page, "after renewal")
 
     assert inbox_messages(page) == ["before expiry", "while renewing", "after renewal"]

@@ -341,7 +341,7 @@ class TestCustomApp:
 @pytest.fixture(scope="class")
 def instance(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     # listen waits SSE_RETRY_MS before reconnecting: a second in which to publish.
-    env = {"SSE_MAX_STREAM_SECONDS": "1", "SSE_RETRY_MS": "1000"}
+    env = {"SSE_MAX_STREAM_SECONDS": "1", "SSE_RETRY_MS": "1000", "SSE_OPEN_PUBLISH": "true"}
     server = Server(["--app", "apps.cli_instance:app"], env, tmp_path_factory.mktemp("cli-instance") / "gunicorn.log", 1)
     yield server
     server.stop()

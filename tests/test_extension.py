@@ -124,7 +124,8 @@ def test_environment_beats_app_config(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def app() -> Flask:
-    return make_app()
+    """An app that opts in to publishes over HTTP without a token, for the /say tests."""
+    return make_app(SSE_OPEN_PUBLISH=True)
 
 
 @pytest.fixture

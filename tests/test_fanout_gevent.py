@@ -36,7 +36,16 @@ CASES = {
     """,
     "a frame published by a native OS thread wakes the waiting greenlet": """
         start_new_thread = monkey.get_original("_thread", "start_new_thread")
-        start_new_thread(lambda: (time.sleep(0.05), broker.publish("a", b"data: t\\n\\n")), ())
+        thread_sleep = monkey.get_original("time", "sleep")
+
+        def publish_once_parked():
+            # Only a greenlet that is already waiting needs waking: publish once it is.
+            deadline = time.monotonic() + 5
+            while sub._wakeup._waiter is None and time.monotonic() < deadline:
+                thread_sleep(0.001)
+            broker.publish("a", b"data: t\\n\\n")
+
+        start_new_thread(publish_once_parked, ())
         with gevent.Timeout(2):
             assert sub.wait(None).endswith(b"data: t\\n\\n")
     """,

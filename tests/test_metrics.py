@@ -3,6 +3,7 @@ stream leaves when it closes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -89,16 +90,24 @@ def test_counters_and_close_log(serve: t.Callable[..., Server], stream: t.Callab
         server.say(f"later {n}", channel="metered")
     resumed = stream(server.url, channels=["metered"], last_event_id=first)
     events = resumed.take(3)
-    assert events[0].event in ("missed", "message")
+    # SSE_HISTORY=2 keeps "later 1" and "later 2" only: "later 0" is announced missing.
+    assert [(e.event, e.data) for e in events[1:]] == [("message", f"later {n}") for n in (1, 2)]
+    assert events[0].event == "missed" and json.loads(events[0].data)["last_event_id"] == first
     resumed.close()
     assert sample(server, "sse_events_published_total") == 4
     wait_until(lambda: sample(server, "sse_frames_sent_total") >= 4, 10, "frames to be counted")
     assert sample(server, "sse_bytes_sent_total") > 0
     assert sample(server, "sse_replays_total") == 1
+    assert sample(server, "sse_missed_sent_total") == 1
     assert sample(server, "sse_publish_latency_seconds_count") == 4
     log = wait_until(lambda: server.log().count("stream closed") >= 2 and server.log(), 10, "close log lines")
-    line = re.search(r"stream closed \(client went away\) after [0-9.]+ s: (\d+) events, (\d+) bytes, channels metered", log)
-    assert line, log
+    closed = r"stream closed \(client went away\) after [0-9.]+ s: (\d+) events, (\d+) bytes"
+    lines = re.findall(closed + ", channels metered", log)
+    # The first stream sent "one"; the resumed one sent missed, "later 1" and "later 2".
+    assert [int(events) for events, _ in lines] == [1, 3], log
+    # Each line's bytes are what its stream wrote: together, all this worker sent.
+    assert sum(int(size) for _, size in lines) == sample(server, "sse_bytes_sent_total"), log
+    assert sample(server, "sse_frames_sent_total") == 4
 
 
 def test_missed_is_counted(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:

@@ -105,7 +105,8 @@ def test_a_custom_authorizer_replaces_the_default(app: Flask) -> None:
 def test_a_stream_ends_when_its_token_expires(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
     """Against real gunicorn: the stream is open and receives while the token is valid,
     and the server closes it at expiry, not later; a new stream with it is then refused."""
-    server = serve(app="apps.tokens_app:create_app", env={"SSE_HEARTBEAT": "0.2"})
+    env = {"SSE_HEARTBEAT": "0.2", "SSE_PUBLISH_TOKEN": "tokens-test publisher"}
+    server = serve(app="apps.tokens_app:create_app", env=env)
     lifetime = 2.0
     granted = server.get("/token", params={"user": "1", "seconds": str(lifetime)}).json()["token"]
     opened = time.monotonic()

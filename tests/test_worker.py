@@ -147,7 +147,11 @@ CASES = {
     "a publish reaches a waiting stream without waking it, and what arrives while it is held goes out in one chunk": """
         body, frames, response, client = open_stream()
         server = gevent.spawn(lambda: [response.write(chunk) for chunk in frames])
-        gevent.sleep(0.05)
+        deadline = time.monotonic() + 5
+        # Publish once the stream waits, with its writer offered to the fan-out.
+        while body._subscription._wakeup._waiter is None or body._subscription.direct is None:
+            assert time.monotonic() < deadline, "the stream never waited"
+            gevent.sleep(0.001)
         sse = app.extensions["sse"].sse
         with app.app_context():
             for n in range(3):

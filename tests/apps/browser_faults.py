@@ -2,7 +2,7 @@
 
 - ``POST /_faults`` with JSON ``{"answers": [[status, retry_after or null], ...]}`` makes the
   next ``/events`` requests answer those errors, in turn, as sse-flask does (JSON
-  ``{"error"}``, ``Retry-After`` when given); ``{"drop": true}`` ends every open stream now (the broker goes on).
+  ``{"error"}``, ``Retry-After`` when given).
 - ``GET /_faults`` lists each ``/events`` request seen: ``[time, status injected or null, Last-Event-ID]``.
 - Channel ``forbidden`` is refused by the authorizer (403).
 """
@@ -44,10 +44,6 @@ def create_app() -> Flask:
     def order() -> Response:
         body: dict[str, t.Any] = request.get_json()
         answers.extend((int(status), retry_after) for status, retry_after in body.get("answers", []))
-        if body.get("drop"):
-            fanout = app.extensions["sse"].broker._fanout
-            with fanout.lock:
-                fanout.end_all("dropped by a test fault")
         return jsonify(queued=len(answers))
 
     @app.get("/_faults")
