@@ -156,6 +156,9 @@ class RedisBroker:
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {e}") from e
 
+    def stop_publishing(self) -> None:
+        """Nothing to refuse: what is published goes to Redis, where the next workers read it."""
+
     def close(self) -> None:
         """End every subscription; the reader stops within one ``XREAD`` block."""
         self._closing = True
