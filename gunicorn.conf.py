@@ -9,7 +9,7 @@ worker is told to stop, so that browsers reconnect to the new workers at once; /
 summed over the workers.
 """
 
-from sse_flask.cli import GUNICORN_SETTINGS, child_exit, post_worker_init, prepare_metrics_dir, worker_exit  # noqa: F401 (hooks)
+from sse_flask.serving import GUNICORN_SETTINGS, child_exit, post_worker_init, prepare_metrics_dir, worker_exit  # noqa: F401 (hooks)
 
 globals().update(GUNICORN_SETTINGS)
 prepare_metrics_dir()
