@@ -40,7 +40,6 @@ _LISTENER_WAIT = 1.5
 _GEVENT_ADVICE = "serve streams with gevent: gunicorn -k gevent (thousands of streams per worker)"
 
 
-
 class _Bound(t.NamedTuple):
     """What the server itself allows: ``streams`` (``None``: no bound), and why no more."""
 
@@ -66,8 +65,14 @@ def stream_limit(environ: t.Mapping[str, t.Any], max_connections: int) -> tuple[
     bound = _server_bound(environ)
     if bound.streams == 0 and os.getpid() not in _warned:
         _warned.add(os.getpid())
-        log.warning("/events refuses every stream in this worker (pid %s): %s", os.getpid(), bound.refusal)
-    if bound.streams is None or (bound.guessed and max_connections) or 0 < max_connections < bound.streams:
+        log.warning(
+            "/events refuses every stream in this worker (pid %s): %s", os.getpid(), bound.refusal
+        )
+    if (
+        bound.streams is None
+        or (bound.guessed and max_connections)
+        or 0 < max_connections < bound.streams
+    ):
         return max_connections or None, (
             f"this worker already serves {max_connections} streams, its limit (SSE_MAX_CONNECTIONS)"
         )
@@ -81,7 +86,9 @@ def watch_worker(worker: t.Any) -> None:
         return
     _watched.add(pid)
     # A daemon thread, or a greenlet under gevent's patching, as the fan-out's ticker is.
-    threading.Thread(target=_watch, args=(worker,), name="sse-flask worker watch", daemon=True).start()
+    threading.Thread(
+        target=_watch, args=(worker,), name="sse-flask worker watch", daemon=True
+    ).start()
 
 
 def _watch(worker: t.Any) -> None:
@@ -110,15 +117,23 @@ def _server_bound(environ: t.Mapping[str, t.Any]) -> _Bound:
         if environ.get("wsgi.multithread") or environ.get("wsgi.multiprocess"):
             return _Bound(None)
     elif environ.get("wsgi.multithread"):
-        return _Bound(UNKNOWN_THREADS_LIMIT, (
-            f"this server's thread count is unknown, so it holds at most {UNKNOWN_THREADS_LIMIT} "
-            f"streams per process, keeping threads for the app's other views; set "
-            f"SSE_MAX_CONNECTIONS to its threads minus one, or {_GEVENT_ADVICE}"
-        ), guessed=True)
-    return _Bound(0, (
-        f"{environ['SERVER_SOFTWARE']} serves one request at a time per process, so an event "
-        f"stream would stop it serving anything else; {_GEVENT_ADVICE}, or a threaded server"
-    ))
+        return _Bound(
+            UNKNOWN_THREADS_LIMIT,
+            (
+                f"this server's thread count is unknown, so it holds at most "
+                f"{UNKNOWN_THREADS_LIMIT} streams per process, keeping threads for the app's "
+                f"other views; set SSE_MAX_CONNECTIONS to its threads minus one, or "
+                f"{_GEVENT_ADVICE}"
+            ),
+            guessed=True,
+        )
+    return _Bound(
+        0,
+        (
+            f"{environ['SERVER_SOFTWARE']} serves one request at a time per process, so an event "
+            f"stream would stop it serving anything else; {_GEVENT_ADVICE}, or a threaded server"
+        ),
+    )
 
 
 def _gunicorn_bound(worker: t.Any) -> _Bound:
@@ -130,20 +145,27 @@ def _gunicorn_bound(worker: t.Any) -> _Bound:
     if isinstance(worker, ThreadWorker):
         threads = int(worker.cfg.threads)
         return _threads_limit(threads, f"gunicorn -k gthread --threads {threads}")
-    return _Bound(0, (
-        "gunicorn's sync worker serves one request at a time, so an event stream would stop it "
-        "serving anything else; run gunicorn with -k gevent (thousands of streams per worker) "
-        "or -k gthread --threads N (N - 1 streams per worker)"
-    ))
+    return _Bound(
+        0,
+        (
+            "gunicorn's sync worker serves one request at a time, so an event stream would stop it "
+            "serving anything else; run gunicorn with -k gevent (thousands of streams per worker) "
+            "or -k gthread --threads N (N - 1 streams per worker)"
+        ),
+    )
 
 
 def _threads_limit(threads: int, server: str) -> _Bound:
     """One stream per thread, keeping one thread for the app's other views."""
     limit = max(threads - 1, 0)
-    return _Bound(limit, (
-        f"this worker already serves {limit} streams: each holds one of the {threads} threads of "
-        f"{server}, and one stays free for the app's other views; raise --threads, or {_GEVENT_ADVICE}"
-    ))
+    return _Bound(
+        limit,
+        (
+            f"this worker already serves {limit} streams: each holds one of the {threads} "
+            f"threads of {server}, and one stays free for the app's other views; raise "
+            f"--threads, or {_GEVENT_ADVICE}"
+        ),
+    )
 
 
 def _gunicorn_worker() -> t.Any:
@@ -157,7 +179,7 @@ def _gunicorn_worker() -> t.Any:
         frame = sys._getframe(1) if base is not None else None
         while frame is not None:
             candidate = frame.f_locals.get("self")
-            if isinstance(candidate, base.Worker):
+            if isinstance(candidate, t.cast(t.Any, base).Worker):
                 _workers[pid] = candidate
                 watch_worker(candidate)
                 break

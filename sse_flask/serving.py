@@ -12,7 +12,6 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import tempfile
 import typing as t
 
@@ -110,21 +109,12 @@ def worker_exit(server: t.Any, worker: Worker) -> None:
 
 
 def post_worker_init(worker: Worker) -> None:
-    """gunicorn hook: make SIGTERM (a graceful stop or reload) also end this worker's open streams, so
-    that its clients reconnect to another worker at once instead of hanging until the
-    graceful timeout."""
-    import gevent
+    """gunicorn hook: end this worker's open streams when it stops or recycles (see
+    :func:`~sse_flask.servers.watch_worker`), so that its clients reconnect to the next
+    workers at once instead of hanging until the graceful timeout."""
+    from .servers import watch_worker
 
-    from .extension import close_all_streams
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_term(signum: int, frame: t.Any) -> None:
-        if callable(previous):
-            previous(signum, frame)
-        gevent.spawn(close_all_streams)
-
-    signal.signal(signal.SIGTERM, on_term)
+    watch_worker(worker)
     logger = logging.getLogger("sse_flask")
     if not logger.handlers:
         # Our lines (a stream closed, Redis lost) go where gunicorn's own go, through its
