@@ -422,24 +422,67 @@ def test_max_requests_recycles_cleanly(
 def _recycle(server: Launched, clients: Clients, ship: t.Callable[[int], bool]) -> None:
     # One worker serves at most 55 requests and 100 streams reconnect to it: it recycles
     # over and over, each time with streams open, for as long as the test runs.
+    _publish_through(
+        server,
+        clients,
+        ship,
+        lambda: server.log().count("Autorestarting worker") >= 5 and _resumable(clients) > 25,
+        "5 recycles, and events on more than 25 streams",
+    )
+
+
+def test_reload_refuses_publishes_at_once_and_closes_streams_once_not_accepting(
+    launch: t.Callable[..., Launched], readers: t.Callable[..., Clients]
+) -> None:
+    """SIGHUP: the old worker's in-process broker refuses publishes from the signal (or
+    they would split between two histories, out of order), and its streams close once it
+    has closed its listener (or they would reconnect into it: 'Bad file descriptor')."""
+    server = launch("gevent", env={"SSE_HEARTBEAT": "1"})
+    clients = readers(server.port, reconnect=True)
+    reloaded: list[float] = []
+
+    def reload_once_streams_have_events() -> bool:
+        if not reloaded and _resumable(clients) > 50:
+            server.process.send_signal(signal.SIGHUP)
+            reloaded.append(time.monotonic())
+        return bool(reloaded) and "Worker exiting" in server.log()
+
+    _publish_through(
+        server,
+        clients,
+        lambda order: server.ship(order, 5).status_code == 200,
+        reload_once_streams_have_events,
+        "a reload",
+    )
+    assert time.monotonic() - reloaded[0] < 10
+
+
+def _publish_through(
+    server: Launched,
+    clients: Clients,
+    ship: t.Callable[[int], bool],
+    until: t.Callable[[], bool],
+    message: str,
+) -> None:
+    """Open 100 reconnecting streams and ship orders until ``until()``; then check that no
+    stream got an order twice or out of order, and that every order a stream could resume
+    to reached it, or, with the in-process broker, that it was told it ``missed`` some."""
     clients.open(100)
     publisher = _Publisher(ship)
     publisher.start()
     try:
-        clients.pump(
-            lambda: server.log().count("Autorestarting worker") >= 5 and _resumable(clients) > 25,
-            60,
-            "5 recycles, and events on more than 25 streams",
-        )
+        clients.pump(until, 60, message)
     finally:
         publisher.stopping.set()
         publisher.join(10)
     stopped = time.monotonic()
-    # Settled: every stream has reconnected since the last publish, and had its replay
-    # (written with the stream's first line); the worker goes on recycling meanwhile.
+    last = {"order": max(publisher.shipped, default=0)}
+    # Settled: every stream has the last order, or has reconnected since it and had its
+    # replay (written with the stream's first line); workers may go on recycling meanwhile.
     clients.pump(
         lambda: all(
-            any(c.opened_at > stopped and c.replayed for c in connections)
+            last in connections[-1].data()
+            or any(c.opened_at > stopped and c.replayed for c in connections)
             for connections in clients.history
         ),
         30,
@@ -454,11 +497,10 @@ def _recycle(server: Launched, clients: Clients, ship: t.Callable[[int], bool]) 
     missed = 0
     for connections in clients.history:
         received = [item["order"] for c in connections for item in c.data()]
-        assert len(received) == len(set(received)), "an order arrived twice"
+        assert received == sorted(set(received)), "an order arrived twice, or out of order"
         # A stream that has no event yet has no id to resume from: it starts live each time.
-        lost = {order for order in publisher.shipped if received and order > min(received)} - set(
-            received
-        )
+        lost = {order for order in publisher.shipped if received and order > received[0]}
+        lost -= set(received)
         got_missed = any(c.data("missed") for c in connections)
         missed += got_missed
         assert not lost or (memory and got_missed), f"lost {sorted(lost)} without a missed"
