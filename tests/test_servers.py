@@ -9,6 +9,7 @@ from one selector, reconnecting with ``Last-Event-ID`` as a browser does.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -125,8 +126,9 @@ def launch(tmp_path: Path) -> t.Iterator[t.Callable[..., Launched]]:
         if name == "waitress":
             need("waitress", importlib.util.find_spec("waitress"))
         command = COMMANDS[name]
-        # Options go before the app (gunicorn's last argument).
-        command = [*command[:-1], *options, command[-1]] if options else command
+        # Options go before the app, gunicorn's last argument; after the others' arguments.
+        at = -1 if command[2] == "gunicorn" else len(command)
+        command = [*command[:at], *options, *command[at:]]
         server = Launched(command, env or {}, tmp_path / f"{name}-{len(launched)}.log")
         launched.append(server)
         return server
@@ -500,3 +502,35 @@ def _publish_through(
 def _resumable(clients: Clients) -> int:
     """Streams that have had an event, and so resume from its id when they reconnect."""
     return sum(any(c.data() for c in connections) for connections in clients.history)
+
+
+def test_dev_server_without_threads_refuses_streams(launch: t.Callable[..., Launched]) -> None:
+    server = launch("flask", "--without-threads")
+    response = requests.get(server.url + "/events", timeout=5)
+    assert response.status_code == 503
+    assert "one request at a time" in response.json()["error"]
+    assert server.ship(1).ok
+
+
+@pytest.mark.parametrize(("max_connections", "admitted"), [(None, 4), ("6", 6)])
+def test_unknown_threaded_server_holds_a_few_streams(
+    monkeypatch: pytest.MonkeyPatch, max_connections: str | None, admitted: int
+) -> None:
+    """A threaded server whose thread count cannot be read (no such server runs here: the
+    test client stands in, with its environ) holds 4 streams unless SSE_MAX_CONNECTIONS says."""
+    if max_connections:
+        monkeypatch.setenv("SSE_MAX_CONNECTIONS", max_connections)
+    app = Flask(__name__)
+    SSE(app)
+    client = app.test_client()
+    environ = {"SERVER_SOFTWARE": "CherryPy/18", "wsgi.multithread": True}
+    with contextlib.ExitStack() as streams:
+        for _ in range(admitted):
+            opened = streams.enter_context(
+                client.get("/events", buffered=False, environ_overrides=environ)
+            )
+            assert opened.status_code == 200
+        refused = client.get("/events", environ_overrides=environ)
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    error = str((refused.json or {})["error"])
+    assert ("SSE_MAX_CONNECTIONS" in error) and (max_connections or "gevent" in error)
