@@ -28,7 +28,7 @@ GUNICORN_SETTINGS: dict[str, t.Any] = {
     # room for 10,000 streams and the requests that publish and poll beside them.
     "worker_connections": 20000,
     # Seconds a stopping worker waits for open requests. Streams are closed as soon as the
-    # worker is told to stop (see post_worker_init), so this only bounds stragglers.
+    # worker stops accepting (see post_worker_init), so this only bounds stragglers.
     "graceful_timeout": 10,
     "keepalive": 5,
     # gunicornc is not used; without this, two servers on one machine share a socket path.
