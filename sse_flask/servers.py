@@ -4,9 +4,11 @@ A stream holds what the server serves one request with for as long as the client
 greenlet under gevent (thousands per worker), a thread under a threaded server (gunicorn's
 ``gthread``, waitress, Flask's dev server), or the whole worker under a server that serves
 one request at a time (gunicorn's default sync worker), which would then serve nothing
-else. :func:`stream_limit` tells them apart, once per process, from the WSGI environ and,
-under gunicorn, from the worker object serving the request (found on the call stack, since
-gunicorn puts neither it nor its thread count in the environ).
+else. :func:`stream_limit` tells them apart from the WSGI environ and, under gunicorn, from
+the worker object serving the request (found once per process on the call stack, since
+gunicorn puts neither it nor its thread count in the environ). Flask's dev server starts a
+thread per connection, so it has no bound of its own: only ``SSE_MAX_CONNECTIONS``. Nor does
+werkzeug's test client, which runs the app in its caller's thread (and names no server).
 
 Under gunicorn, :func:`watch_worker` ends the streams when the worker stops: on ``SIGTERM``
 (a stop or reload) and on ``--max-requests``, which only clears the worker's ``alive`` flag.
@@ -104,7 +106,10 @@ def _watch(worker: t.Any) -> None:
 def _server_bound(environ: t.Mapping[str, t.Any]) -> _Bound:
     worker = _gunicorn_worker()
     if worker is not None:
-        return _gunicorn_bound(worker)
+        bound = _gunicorn_bound(worker)
+        if bound.streams != 0:
+            watch_worker(worker)
+        return bound
     if _green() or "SERVER_SOFTWARE" not in environ:
         # gevent; or no server at all: werkzeug's test client runs the app in its caller's thread.
         return _Bound(None)
@@ -170,8 +175,7 @@ def _threads_limit(threads: int, server: str) -> _Bound:
 
 def _gunicorn_worker() -> t.Any:
     """The gunicorn worker of this process: the first time, the one whose method is on
-    the call stack (gunicorn's workers call the app from their ``handle_request``); then
-    watched by :func:`watch_worker`."""
+    the call stack (gunicorn's workers call the app from their ``handle_request``)."""
     pid = os.getpid()
     if pid not in _workers:
         _workers[pid] = None
@@ -181,7 +185,6 @@ def _gunicorn_worker() -> t.Any:
             candidate = frame.f_locals.get("self")
             if isinstance(candidate, t.cast(t.Any, base).Worker):
                 _workers[pid] = candidate
-                watch_worker(candidate)
                 break
             frame = frame.f_back
     return _workers[pid]
