@@ -5,11 +5,11 @@
 
 sse-flask's gevent workers (sse_flask.worker.GeventWorker: publishes write to waiting
 streams themselves) with room for 10,000 streams each, and open streams closed as soon as a
-worker is told to stop, so that browsers reconnect to the new workers at once; /metrics
-summed over the workers.
+stopping or recycling worker stops accepting, so that browsers reconnect to the new workers
+at once; /metrics summed over the workers.
 """
 
-from sse_flask.cli import GUNICORN_SETTINGS, child_exit, post_worker_init, prepare_metrics_dir, worker_exit  # noqa: F401 (hooks)
+from sse_flask.serving import GUNICORN_SETTINGS, child_exit, post_worker_init, prepare_metrics_dir, worker_exit  # noqa: F401 (hooks)
 
 globals().update(GUNICORN_SETTINGS)
 prepare_metrics_dir()

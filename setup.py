@@ -22,6 +22,7 @@ setup(
             "httpx-sse>=0.4",
             "playwright>=1.45",
             "mypy>=1.10",
+            "waitress>=3",
             "coverage>=7.10",
         ],
         "dev": [

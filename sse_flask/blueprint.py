@@ -23,6 +23,7 @@ from .events import DEFAULT_EVENT
 from .extension import DEFAULT_CHANNEL, _State, check_channel
 from .metrics import exposition, metrics
 from .resources import resource_dir
+from .servers import stream_limit
 from .stream import EventStream
 
 if t.TYPE_CHECKING:
@@ -61,7 +62,8 @@ def events() -> Response:
     expires_in = grant.expires_at - time.time() if grant and any(map(state.is_private, channels)) else None
     last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
     address = request.remote_addr or ""
-    refusal = state.reserve_stream(address)
+    limit, too_many = stream_limit(request.environ, settings.max_connections)
+    refusal = state.reserve_stream(address, limit, too_many)
     if refusal is not None:
         return _error(503, refusal, {"Retry-After": str(max(1, settings.retry_ms // 1000))})
     compress = settings.compress and request.accept_encodings["gzip"] > 0

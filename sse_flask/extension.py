@@ -204,12 +204,14 @@ class _State:
     def is_private(self, channel: str) -> bool:
         return channel.startswith(self.settings.private_prefixes)
 
-    def reserve_stream(self, address: str) -> str | None:
-        """Take a stream slot for ``address``; return why not if the limits are reached."""
+    def reserve_stream(self, address: str, limit: int | None, refusal: str) -> str | None:
+        """Take a stream slot for ``address``; return why not if the limits are reached:
+        ``limit`` streams in all (``refusal`` says why; see
+        :func:`sse_flask.servers.stream_limit`) or ``SSE_MAX_STREAMS_PER_ADDRESS``."""
         settings = self.settings
         with self._lock:
-            if settings.max_connections and self._streams >= settings.max_connections:
-                return f"this worker already serves {self._streams} streams, its limit (SSE_MAX_CONNECTIONS)"
+            if limit is not None and self._streams >= limit:
+                return refusal
             if settings.max_streams_per_address and self._by_address[address] >= settings.max_streams_per_address:
                 return f"{address} already has {self._by_address[address]} streams open, the limit per address (SSE_MAX_STREAMS_PER_ADDRESS)"
             self._streams += 1
@@ -241,6 +243,13 @@ def check_channel(channel: t.Any) -> str:
             f"channel must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, got {channel!r:.140}"
         )
     return channel
+
+
+def stop_publishing() -> None:
+    """Refuse publishes whose history would go with this process; a stopping gunicorn
+    worker calls it as soon as it is told to stop, before its streams close."""
+    for state in list(_STATES):
+        state.broker.stop_publishing()
 
 
 def close_all_streams() -> None:

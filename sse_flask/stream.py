@@ -8,7 +8,8 @@ many events arrived), and a comment when the stream has been idle for the heartb
 Cleanup is in :meth:`EventStream.close`, which every WSGI server calls (PEP 3333) even when
 the body was never iterated, which a ``finally`` in a generator would miss. Under gunicorn's
 gevent worker a watcher on the client's socket notices a closed connection at once; under
-other servers the next heartbeat's failed write does.
+threaded servers that show the socket (gunicorn, waitress, werkzeug) a look at it before
+each heartbeat does; elsewhere, the first failed write.
 
 Under :class:`sse_flask.worker.GeventWorker`, publishers send frames to a waiting stream's
 socket themselves, through the writer the worker gives it (:meth:`EventStream.write_through`).
@@ -232,28 +233,35 @@ def _chunks(frames: list[bytes]) -> t.Iterator[bytes]:
 
 
 class _PeerWatch:
-    """Under gevent, wakes the stream as soon as the client's socket turns readable.
+    """Notices that the client has closed its connection, where the server shows its socket.
 
     A client of an event stream sends nothing after its request, so readability almost
-    always means the connection was closed; :meth:`client_gone` peeks to make sure. It
-    also shuts the socket down when the subscription is cut off for being slow, which
-    unblocks a write that the client will never read.
+    always means the connection was closed; :meth:`client_gone` peeks to make sure. Under
+    gevent a watcher wakes the stream as soon as the socket turns readable; under threads
+    the stream peeks each time it wakes with nothing to send, before each heartbeat, since
+    a first write after the client closed usually succeeds and only the next one fails:
+    the client is removed at the next heartbeat, not the one after. It also shuts the socket
+    down when the subscription is cut off for being slow, which unblocks a write that the
+    client will never read.
     """
 
-    def __init__(self, sock: socket.socket, subscription: Subscription, watcher: _IOWatcher) -> None:
+    def __init__(self, sock: socket.socket, subscription: Subscription, watcher: _IOWatcher | None) -> None:
         self._sock = sock
         self._subscription = subscription
         self._watcher = watcher
-        self._readable = False
-        watcher.start(self._on_readable)
+        self._readable = watcher is None
+        if watcher is not None:
+            watcher.start(self._on_readable)
         subscription.on_drop = self._on_drop
 
     @classmethod
     def start(cls, environ: t.Mapping[str, t.Any], subscription: Subscription) -> _PeerWatch | None:
-        sock = environ.get("gunicorn.socket")
-        monkey = sys.modules.get("gevent.monkey")
-        if sock is None or monkey is None or not monkey.is_module_patched("socket"):
+        sock = _client_socket(environ)
+        if sock is None:
             return None
+        monkey = sys.modules.get("gevent.monkey")
+        if monkey is None or not monkey.is_module_patched("socket"):
+            return cls(sock, subscription, None)
         import gevent
 
         return cls(sock, subscription, gevent.get_hub().loop.io(sock.fileno(), 1))
@@ -262,21 +270,23 @@ class _PeerWatch:
         """Whether the client closed its end; ``False`` if the socket was not readable."""
         if not self._readable:
             return False
-        self._readable = False
+        self._readable = self._watcher is None
         raw = getattr(self._sock, "_sock", self._sock)
         try:
             return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
-            self._watcher.start(self._on_readable)
+            if self._watcher is not None:
+                self._watcher.start(self._on_readable)
             return False
         except OSError:
             return True
 
     def stop(self) -> None:
-        self._watcher.close()
+        if self._watcher is not None:
+            self._watcher.close()
 
     def _on_readable(self) -> None:
-        self._watcher.stop()
+        t.cast("_IOWatcher", self._watcher).stop()
         self._readable = True
         self._subscription.wake()
 
@@ -285,3 +295,12 @@ class _PeerWatch:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def _client_socket(environ: t.Mapping[str, t.Any]) -> socket.socket | None:
+    """The client's socket: gunicorn's and werkzeug's servers put it in the environ;
+    waitress's is its channel's, which serves the request."""
+    sock = environ.get("gunicorn.socket", environ.get("werkzeug.socket"))
+    if sock is None and "waitress.client_disconnected" in environ:
+        sock = environ["waitress.client_disconnected"].__self__.socket
+    return t.cast("socket.socket | None", sock)

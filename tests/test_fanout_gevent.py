@@ -92,7 +92,8 @@ def test_greenlet_wakeup(case: str) -> None:
 
 def test_gevent_imported_without_monkey_patching_uses_plain_threading() -> None:
     """An app that imports gevent (a library may) but does not patch gets the thread-based
-    wait, and no socket watcher, instead of an AttributeError for gevent.monkey."""
+    wait, and no gevent socket watcher (only the look at the socket before each heartbeat
+    that threaded servers get), instead of an AttributeError for gevent.monkey."""
     script = """
 import threading, gevent
 from sse_flask.broker import MemoryBroker
@@ -101,7 +102,7 @@ broker = MemoryBroker(history=10)
 sub = broker.subscribe(["a"], None, queue_size=10)
 assert isinstance(sub._wakeup, threading.Event), type(sub._wakeup)
 stream = EventStream(sub, heartbeat=5, retry_ms=1000, lifetime=0, environ={"gunicorn.socket": object()}, on_close=lambda: None)
-assert stream._peer is None
+assert stream._peer is not None and stream._peer._watcher is None
 stream.close()
 """
     run_ok(script)

@@ -48,6 +48,10 @@ class Broker(t.Protocol):
         :raises BrokerUnavailable: with the reason, if it is not.
         """
 
+    def stop_publishing(self) -> None:
+        """Refuse publishes that this process's end would lose (the worker is stopping;
+        its streams stay open until :meth:`close`)."""
+
     def close(self) -> None:
         """End every subscription and release connections."""
 

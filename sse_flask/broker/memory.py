@@ -34,15 +34,17 @@ class MemoryBroker:
         # With history=0 the deque keeps nothing: every resume is told it missed events.
         self._history: collections.deque[tuple[int, str, bytes]] = collections.deque(maxlen=history)
         self._fanout = Fanout()
+        self._stopped = False
 
     def publish(self, channel: str, frame: bytes) -> str:
         """Give ``frame`` (encoded without an id) the next id and deliver it on ``channel``.
 
-        :raises BrokerUnavailable: once closed (the worker is stopping): its streams have
-            ended and its history goes with it, so the event would reach no one.
+        :raises BrokerUnavailable: once stopped (the worker is stopping): its history goes
+            with it, and its streams are about to end, so the event would reach no one
+            who resumes elsewhere.
         """
         with self._fanout.lock:
-            if self._fanout.closed:
+            if self._stopped:
                 raise BrokerUnavailable("this worker is shutting down; publish again to reach the one replacing it")
             started = time.perf_counter()
             self._sequence += 1
@@ -74,7 +76,12 @@ class MemoryBroker:
     def ping(self) -> None:
         """Always reachable."""
 
+    def stop_publishing(self) -> None:
+        with self._fanout.lock:
+            self._stopped = True
+
     def close(self) -> None:
+        self.stop_publishing()
         self._fanout.close_all()
 
     def _replay(self, subscription: Subscription, last_event_id: str) -> None:

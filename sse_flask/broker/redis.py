@@ -156,6 +156,9 @@ class RedisBroker:
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {e}") from e
 
+    def stop_publishing(self) -> None:
+        """Nothing to refuse: what is published goes to Redis, where the next workers read it."""
+
     def close(self) -> None:
         """End every subscription; the reader stops within one ``XREAD`` block."""
         self._closing = True
@@ -224,9 +227,9 @@ class RedisBroker:
         # (so that starting while Redis is down does not fail).
         self._reader = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5)
         try:
-            self._cursor = self._last_generated()
+            self._follow_from_end()
         except redis.RedisError:
-            self._cursor = None
+            pass  # the reader finds the end once Redis answers
         threading.Thread(target=self._read, name="sse-flask redis reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -238,9 +241,10 @@ class RedisBroker:
         backoff = 0.05
         while not self._closing:
             try:
-                if self._cursor is None:
-                    self._cursor = self._last_generated()
-                response = self._reader.xread({STREAM_KEY: _format(self._cursor)}, count=500, block=_BLOCK_MS)
+                cursor = self._cursor if self._cursor is not None else self._follow_from_end()
+                response = self._reader.xread(
+                    {STREAM_KEY: _format(cursor)}, count=500, block=_BLOCK_MS
+                )
             except redis.RedisError as e:
                 if self._closing:
                     return
@@ -262,6 +266,17 @@ class RedisBroker:
                         self._fanout.deliver(fields[b"c"].decode(), _frame(stream_id, fields), position)
                     fanout_seconds.observe(time.perf_counter() - started)
         self._reader.close()
+
+    def _follow_from_end(self) -> Position:
+        """Have the reader start after the stream's last entry, unless a subscription set
+        where it starts meanwhile: reading the end lets other greenlets run, and a
+        subscription registered then expects the reader to go on from what it replayed.
+        Returns where the reader starts."""
+        last = self._last_generated()
+        with self._fanout.lock:
+            if self._cursor is None:
+                self._cursor = last
+            return self._cursor
 
     def _last_generated(self) -> Position:
         import redis
