@@ -247,18 +247,11 @@ class StreamClient:
         self.retry: int | None = None
 
     def take(self, count: int) -> list[httpx_sse.ServerSentEvent]:
-        """The next ``count`` events a browser would dispatch.
-
-        httpx-sse also yields a frame that only sets ``retry:``, which a browser does not
-        dispatch (it has no ``data:``); such frames are passed over.
-        """
-        events: list[httpx_sse.ServerSentEvent] = []
-        while len(events) < count:
-            event = next(self._events)
-            if event.retry is not None and not event.data and not event.id:
+        """The next ``count`` events; the last ``retry:`` seen is kept in :attr:`retry`."""
+        events = [next(self._events) for _ in range(count)]
+        for event in events:
+            if event.retry is not None:
                 self.retry = event.retry
-                continue
-            events.append(event)
         return events
 
     def close(self) -> None:
