@@ -1,0 +1,27 @@
+"""An app whose pages use htmx: ``POST /fragments`` renders ``fragment.html`` and publishes
+it as a ``row`` event on channel ``rows``, which only a browser holding the cookie
+``member=yes`` may read (so a test sees that the browser sent its credentials)."""
+
+from __future__ import annotations
+
+from flask import Flask, render_template, request
+
+from sse_flask import SSE
+
+sse = SSE()
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    sse.init_app(app)
+
+    @sse.authorizer
+    def members_only(channel: str) -> bool:
+        return request.cookies.get("member") == "yes"
+
+    @app.post("/fragments")
+    def fragment() -> dict[str, str]:
+        html = render_template("fragment.html", **request.get_json())
+        return {"id": sse.publish(html, event="row", channel="rows"), "html": html}
+
+    return app
