@@ -97,3 +97,26 @@ def test_htmx2_on_another_origin_shows_fragments_and_keeps_them_across_a_reload(
         assert page.evaluate("window.sseOpens") >= 2, "the stream was reopened"
     finally:
         context.close()
+
+
+def test_ten_htmx2_tabs_through_sse_flask_js_hold_one_connection(
+    browser: t.Any, serve: t.Callable[..., Server], node_modules: Path
+) -> None:
+    """``SSEFlask.htmx(htmx)``: htmx-ext-sse's streams go through sse-flask.js's shared
+    connection, so ten tabs open one stream, and all ten show what is published."""
+    server = serve(app="apps.htmx_app:create_app", env={"SSE_HEARTBEAT": "1"})
+    context = browser.new_context()
+    try:
+        context.add_cookies([{"name": "member", "value": "yes", "url": server.url}])
+        pages = []
+        for _ in range(10):
+            page = context.new_page()
+            page.goto(f"{server.url}/tests/clients/htmx2-shared.html")
+            pages.append(page)
+        wait_until(lambda: server.stats()["consumers"] == 1, 10, "the shared stream")
+        html = publish_fragment(server, n=1, items=["shared", "by ten tabs"])
+        for page in pages:
+            assert rows(page, 1) == html
+        assert server.stats()["consumers"] == 1, "one connection for ten tabs"
+    finally:
+        context.close()

@@ -1,14 +1,18 @@
 """An app whose pages use htmx: ``POST /fragments`` renders ``fragment.html`` and publishes
 it as a ``row`` event on channel ``rows``, which only a browser holding the cookie
-``member=yes`` may read (so a test sees that the browser sent its credentials)."""
+``member=yes`` may read (so a test sees that the browser sent its credentials).
+``/tests/<path>`` serves ``tests/`` (pages and npm packages) from the stream's own origin."""
 
 from __future__ import annotations
 
-from flask import Flask, render_template, request
+from pathlib import Path
+
+from flask import Flask, Response, render_template, request, send_from_directory
 
 from sse_flask import SSE
 
 sse = SSE()
+TESTS = Path(__file__).resolve().parent.parent
 
 
 def create_app() -> Flask:
@@ -23,5 +27,9 @@ def create_app() -> Flask:
     def fragment() -> dict[str, str]:
         html = render_template("fragment.html", **request.get_json())
         return {"id": sse.publish(html, event="row", channel="rows"), "html": html}
+
+    @app.get("/tests/<path:path>")
+    def test_file(path: str) -> Response:
+        return send_from_directory(TESTS, path)
 
     return app
