@@ -120,3 +120,41 @@ def test_ten_htmx2_tabs_through_sse_flask_js_hold_one_connection(
         assert server.stats()["consumers"] == 1, "one connection for ten tabs"
     finally:
         context.close()
+
+
+HIDE = "h => { Object.defineProperty(document, 'hidden', {value: h, configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }"
+
+
+def test_htmx4_swaps_unnamed_messages_resumes_and_catches_up_a_hidden_tab(
+    browser: t.Any, serve: t.Callable[..., Server], node_modules: Path
+) -> None:
+    """htmx 4's fetch-based hx-sse: unnamed HTML messages swapped in, an out-of-band part
+    swapped elsewhere; after the server ends the stream, and after the tab was hidden (hx-sse
+    lets go of the stream then), it resumes with Last-Event-ID and misses nothing."""
+    server = serve(app="apps.htmx_app:create_app", env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300", "SSE_MAX_STREAM_SECONDS": "3"})
+    context = browser.new_context()
+    try:
+        context.add_cookies([{"name": "member", "value": "yes", "url": server.url}])
+        page = context.new_page()
+        page.goto(f"{server.url}/tests/clients/htmx4.html")
+        page.wait_for_function("window.sseOpens >= 1", timeout=10_000)
+        wait_until(lambda: server.stats()["consumers"] == 1, 10, "the stream")
+        shown = [publish_fragment(server, n=1, text="one", event="message")]
+        with_oob = publish_fragment(server, n=2, items=["a", "b"], status="two rows", event="message")
+        main = with_oob.split('<span id="status"')[0]
+        shown.append(main)
+        assert rows(page, 2) == "".join(shown)
+        assert page.evaluate("document.getElementById('status').textContent") == "two rows"
+        assert "two rows" not in rows(page, 2), "the out-of-band part went to #status"
+
+        wait_until(lambda: server.stats()["consumers"] == 0, 10, "the server to end the stream")
+        shown.append(publish_fragment(server, n=3, text="while dropped", event="message"))
+        assert rows(page, 3) == "".join(shown)
+
+        page.evaluate(HIDE, True)
+        wait_until(lambda: server.stats()["consumers"] == 0, 10, "the hidden tab to let go of the stream")
+        shown.append(publish_fragment(server, n=4, text="while hidden", event="message"))
+        page.evaluate(HIDE, False)
+        assert rows(page, 4) == "".join(shown)
+    finally:
+        context.close()

@@ -1,5 +1,5 @@
 """An app whose pages use htmx: ``POST /fragments`` renders ``fragment.html`` and publishes
-it as a ``row`` event on channel ``rows``, which only a browser holding the cookie
+it as a ``row`` event (or the ``event`` it is given) on channel ``rows``, which only a browser holding the cookie
 ``member=yes`` may read (so a test sees that the browser sent its credentials).
 ``/tests/<path>`` serves ``tests/`` (pages and npm packages) from the stream's own origin."""
 
@@ -25,8 +25,10 @@ def create_app() -> Flask:
 
     @app.post("/fragments")
     def fragment() -> dict[str, str]:
-        html = render_template("fragment.html", **request.get_json())
-        return {"id": sse.publish(html, event="row", channel="rows"), "html": html}
+        fields = dict(request.get_json())
+        event = fields.pop("event", "row")
+        html = render_template("fragment.html", **fields)
+        return {"id": sse.publish(html, event=event, channel="rows"), "html": html}
 
     @app.get("/tests/<path:path>")
     def test_file(path: str) -> Response:
