@@ -227,7 +227,8 @@ def enable_cors(app: Flask, settings: Settings) -> None:
     of the blueprint (registered on ``app`` already) and no other."""
     from flask_cors import CORS
 
-    routes = sorted({rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("sse.")})
+    rules = app.url_map.iter_rules()
+    routes = sorted({rule.rule for rule in rules if rule.endpoint.startswith("sse.")})
     pattern = "^(" + "|".join(map(re.escape, routes)) + ")$"
     CORS(app, resources={pattern: cors_options(settings.cors_origins)})
 

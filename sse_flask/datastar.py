@@ -11,7 +11,7 @@ the Flask one::
     from sse_flask import datastar
 
     datastar.publish(sse, datastar.patch_signals({"count": 3}), channel="counter")
-    datastar.publish(sse, datastar.patch_elements('<b id="n">3</b>', selector="#n"), channel="counter")
+    datastar.publish(sse, datastar.patch_elements('<b id="n">3</b>'), channel="counter")
 
 Deliberate choices:
 
@@ -34,7 +34,9 @@ try:
     from datastar_py import ServerSentEventGenerator, _read_signals
     from datastar_py.consts import ElementPatchMode
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    raise ImportError("sse_flask.datastar needs datastar-py: pip install 'sse-flask[datastar]'") from e
+    raise ImportError(
+        "sse_flask.datastar needs datastar-py: pip install 'sse-flask[datastar]'"
+    ) from e
 
 if t.TYPE_CHECKING:
     from .extension import SSE
@@ -87,10 +89,14 @@ def patch_elements(
     return from_frame(frame, id)
 
 
-def patch_signals(signals: dict[str, t.Any] | str, *, only_if_missing: bool | None = None, id: str | None = None) -> Event:
+def patch_signals(
+    signals: dict[str, t.Any] | str, *, only_if_missing: bool | None = None, id: str | None = None
+) -> Event:
     """A ``datastar-patch-signals`` event: ``signals`` (a dict, or its JSON text) merged
     into the page's signals; with ``only_if_missing``, only those the page does not have."""
-    return from_frame(ServerSentEventGenerator.patch_signals(signals, only_if_missing=only_if_missing), id)
+    return from_frame(
+        ServerSentEventGenerator.patch_signals(signals, only_if_missing=only_if_missing), id
+    )
 
 
 def publish(sse: SSE, event: Event, *, channel: str | None = None) -> str:
@@ -104,7 +110,12 @@ def read_signals() -> dict[str, t.Any] | None:
     :raises ValueError: if they are not valid JSON (a ``400`` on the blueprint's routes).
     """
     try:
-        signals = _read_signals(request.method, t.cast("t.Mapping[str, str]", request.headers), request.args, request.get_data())
+        signals = _read_signals(
+            request.method,
+            t.cast("t.Mapping[str, str]", request.headers),
+            request.args,
+            request.get_data(),
+        )
     except ValueError as e:
         raise ValueError(f"the Datastar signals are not valid JSON: {e}") from None
     if signals is not None and not isinstance(signals, dict):

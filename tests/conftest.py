@@ -332,10 +332,11 @@ def browser() -> t.Iterator[t.Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        sync_playwright = None
-    need("playwright", sync_playwright)
+        need("playwright", False)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
         yield browser
         browser.close()
 
@@ -354,5 +355,6 @@ def node_modules() -> Path:
         cwd=TESTS, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     wanted = json.loads((TESTS / "package.json").read_text())["dependencies"]
-    need(f"the npm packages of tests/package.json ({result.stderr.strip()[-300:]})", all((folder / name).is_dir() for name in wanted))
+    present = all((folder / name).is_dir() for name in wanted)
+    need(f"the npm packages of tests/package.json ({result.stderr.strip()[-300:]})", present)
     return folder

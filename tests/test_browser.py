@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import threading
 import typing as t
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import Server, need, wait_until
+from conftest import Server, wait_until
 
 if t.TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page

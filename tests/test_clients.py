@@ -44,7 +44,11 @@ PAYLOADS: list[tuple[str, t.Any, str]] = [
     ("message", "nul\x00inside", "nul\x00inside"),
     ("message", " leading space", " leading space"),
     ("message", "", ""),
-    ("message", "data: forged\n\nid: 9\nevent: evil\nretry: 1", "data: forged\n\nid: 9\nevent: evil\nretry: 1"),
+    (
+        "message",
+        "data: forged\n\nid: 9\nevent: evil\nretry: 1",
+        "data: forged\n\nid: 9\nevent: evil\nretry: 1",
+    ),
     ("message", {"json": [1, "two"]}, '{"json":[1,"two"]}'),
     ("row", "<tr>\n  <td>é ✓ 😀</td>\n</tr>", "<tr>\n  <td>é ✓ 😀</td>\n</tr>"),
 ]
@@ -62,7 +66,9 @@ class Listener:
     reports: list[dict[str, t.Any]]
 
     def events(self) -> list[tuple[str, str, str]]:
-        return [(r["type"], r["data"], r["lastEventId"]) for r in self.current() if r["kind"] == "event"]
+        return [
+            (r["type"], r["data"], r["lastEventId"]) for r in self.current() if r["kind"] == "event"
+        ]
 
     def current(self) -> list[dict[str, t.Any]]:
         return list(self.reports)
@@ -77,7 +83,8 @@ class NodeListener(Listener):
     def __init__(self, implementation: str, url: str) -> None:
         self.reports = []
         self.process = subprocess.Popen(
-            ["node", "--disable-warning=UNDICI-ES", str(CLIENTS / "node_listen.mjs"), implementation, url, ",".join(TYPES)],
+            ["node", "--disable-warning=UNDICI-ES", str(CLIENTS / "node_listen.mjs"),
+             implementation, url, ",".join(TYPES)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -113,7 +120,10 @@ class BrowserListener(Listener):
         self.page.goto(origin + "/healthz")
         self.page.add_script_tag(path=str(CLIENTS / "listen.js"))
         self.page.evaluate(
-            "([url, types]) => { window.reports = []; listenSSE(EventSource, url, types, r => reports.push(r)); }",
+            """([url, types]) => {
+                window.reports = [];
+                listenSSE(EventSource, url, types, r => reports.push(r));
+            }""",
             [url, TYPES],
         )
 
@@ -147,7 +157,15 @@ class PythonListener(Listener):
                     if retry is not None:
                         self.retries.append(retry)
                     last_id = event_id or last_id
-                    self.reports.append({"kind": "event", "t": time.time(), "type": kind, "data": data, "lastEventId": last_id})
+                    self.reports.append(
+                        {
+                            "kind": "event",
+                            "t": time.time(),
+                            "type": kind,
+                            "data": data,
+                            "lastEventId": last_id,
+                        }
+                    )
             except (httpx.HTTPError, requests.RequestException, OSError, ValueError):
                 pass  # the connection failed, as a server that goes away makes it
             except Exception:
@@ -160,18 +178,28 @@ class PythonListener(Listener):
 
     def _read(self, headers: dict[str, str]) -> t.Iterator[tuple[str, str, str | None, int | None]]:
         if self.library == "httpx-sse":
-            with httpx.Client(timeout=httpx.Timeout(10, read=None)) as client, httpx_sse.connect_sse(client, "GET", self.url, headers=headers) as source:
+            with (
+                httpx.Client(timeout=httpx.Timeout(10, read=None)) as client,
+                httpx_sse.connect_sse(client, "GET", self.url, headers=headers) as source,
+            ):
                 self._close_current = source.response.close
                 self.reports.append({"kind": "open", "t": time.time()})
                 for sse in source.iter_sse():
                     yield sse.event, sse.data, sse.id, sse.retry
         else:
-            with requests.get(self.url, headers=headers, stream=True, timeout=(10, None)) as response:
+            with requests.get(
+                self.url, headers=headers, stream=True, timeout=(10, None)
+            ) as response:
                 self._close_current = response.close
                 self.reports.append({"kind": "open", "t": time.time()})
-                for event in sseclient.SSEClient(response).events():
+                for event in sseclient.SSEClient(response.iter_content(None)).events():
                     # sseclient-py keeps retry as the text it read.
-                    yield event.event, event.data, event.id, None if event.retry is None else int(event.retry)
+                    yield (
+                        event.event,
+                        event.data,
+                        event.id,
+                        None if event.retry is None else int(event.retry),
+                    )
 
     def close(self) -> None:
         self._closed = True
@@ -202,11 +230,23 @@ def listen(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[[Server], Li
         listener.close()
 
 
-def test_client_gets_exactly_what_was_published_and_resumes(serve: t.Callable[..., Server], listen: t.Callable[[Server], Listener]) -> None:
-    server = serve(env={"SSE_HEARTBEAT": "0.5", "SSE_RETRY_MS": str(RETRY_MS), "SSE_MAX_STREAM_SECONDS": str(LIFETIME)})
+def test_client_gets_exactly_what_was_published_and_resumes(
+    serve: t.Callable[..., Server], listen: t.Callable[[Server], Listener]
+) -> None:
+    server = serve(
+        env={
+            "SSE_HEARTBEAT": "0.5",
+            "SSE_RETRY_MS": str(RETRY_MS),
+            "SSE_MAX_STREAM_SECONDS": str(LIFETIME),
+        }
+    )
     listener = listen(server)
     wait_until(lambda: server.stats()["consumers"] == 1, 10, "the client to connect")
-    wait_until(lambda: any(r["kind"] == "open" for r in listener.current()), 10, "the client to report open")
+    wait_until(
+        lambda: any(r["kind"] == "open" for r in listener.current()),
+        10,
+        "the client to report open",
+    )
     expected = []
     for kind, sent, received in PAYLOADS:
         expected.append((kind, received, server.say(sent, event=kind)))
@@ -217,7 +257,11 @@ def test_client_gets_exactly_what_was_published_and_resumes(serve: t.Callable[..
     wait_until(lambda: server.stats()["consumers"] == 0, 10, "the server to close the stream")
     for n in range(3):
         expected.append(("message", f"while away {n}", server.say(f"while away {n}")))
-    wait_until(lambda: len(listener.events()) >= len(expected), 10 + RETRY_MS / 1000, "the events published while away")
+    wait_until(
+        lambda: len(listener.events()) >= len(expected),
+        10 + RETRY_MS / 1000,
+        "the events published while away",
+    )
     expected.append(("message", "last", server.say("last")))
     wait_until(lambda: len(listener.events()) >= len(expected), 10, "the last event")
 
@@ -226,6 +270,8 @@ def test_client_gets_exactly_what_was_published_and_resumes(serve: t.Callable[..
     closed = next(r["t"] for r in reports if r["kind"] == "error")
     reopened = next(r["t"] for r in reports if r["kind"] == "open" and r["t"] > closed)
     # Every client's default delay is about 3 s; the server's retry: says 1.2 s.
-    assert RETRY_MS / 1000 * 0.9 <= reopened - closed < 2.7, f"reconnected after {reopened - closed:.2f} s"
+    assert RETRY_MS / 1000 * 0.9 <= reopened - closed < 2.7, (
+        f"reconnected after {reopened - closed:.2f} s"
+    )
     if isinstance(listener, PythonListener):
         assert listener.retries[0] == RETRY_MS

@@ -71,14 +71,19 @@ def test_without_the_setting_no_cors_headers() -> None:
 
 
 def _cors_headers(response: t.Any) -> dict[str, str]:
-    return {k.lower(): v for k, v in response.headers.items() if k.startswith(("Access-Control", "Vary"))}
+    return {
+        k.lower(): v
+        for k, v in response.headers.items()
+        if k.startswith(("Access-Control", "Vary"))
+    }
 
 
 def test_listed_origins_may_send_credentials_and_answers_vary(client: object) -> None:
     """htmx-ext-sse opens EventSource withCredentials: the grant must say credentials are fine,
     and Vary: Origin keeps a cache from serving one origin's grant to another."""
     for path in ("/sse/events", "/sse/stats"):
-        response = client.get(path, headers={"Origin": "https://allowed.example"}, buffered=False)  # type: ignore[attr-defined]
+        origin = {"Origin": "https://allowed.example"}
+        response = client.get(path, headers=origin, buffered=False)  # type: ignore[attr-defined]
         try:
             headers = _cors_headers(response)
         finally:
@@ -93,7 +98,9 @@ def test_one_listed_origin_still_varies() -> None:
     app = Flask(__name__)
     app.config.update(SSE_CORS_ORIGINS="http://localhost:5000")
     SSE(app)
-    headers = _cors_headers(app.test_client().get("/stats", headers={"Origin": "http://localhost:5000"}))
+    headers = _cors_headers(
+        app.test_client().get("/stats", headers={"Origin": "http://localhost:5000"})
+    )
     assert headers["vary"] == "Origin"
     assert headers["access-control-allow-credentials"] == "true"
 
@@ -111,7 +118,9 @@ def test_preflight_allows_last_event_id_and_credentials(client: object, path: st
     )
     headers = _cors_headers(response)
     assert response.status_code == 200
-    assert {"last-event-id", "content-type"} <= {h.strip().lower() for h in headers["access-control-allow-headers"].split(",")}
+    assert {"last-event-id", "content-type"} <= {
+        h.strip().lower() for h in headers["access-control-allow-headers"].split(",")
+    }
     assert headers["access-control-allow-credentials"] == "true"
     assert headers["access-control-allow-origin"] == "https://allowed.example"
 
@@ -121,7 +130,9 @@ def test_a_wildcard_never_grants_credentials() -> None:
     app = Flask(__name__)
     app.config.update(SSE_CORS_ORIGINS="*")
     SSE(app)
-    headers = _cors_headers(app.test_client().get("/stats", headers={"Origin": "https://any.example"}))
+    headers = _cors_headers(
+        app.test_client().get("/stats", headers={"Origin": "https://any.example"})
+    )
     assert headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in headers
 
@@ -141,11 +152,20 @@ def test_an_app_view_gets_the_same_answers_through_cors_options() -> None:
     client = app.test_client()
     preflight = client.options(
         "/ask",
-        headers={"Origin": "https://allowed.example", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
+        headers={
+            "Origin": "https://allowed.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
     )
     assert _cors_headers(preflight)["access-control-allow-credentials"] == "true"
     response = client.post("/ask", headers={"Origin": "https://allowed.example"})
     headers = _cors_headers(response)
-    assert (headers["access-control-allow-origin"], headers["access-control-allow-credentials"], headers["vary"]) == (
-        "https://allowed.example", "true", "Origin")
-    assert "access-control-allow-origin" not in _cors_headers(client.post("/ask", headers={"Origin": "https://evil.example"}))
+    assert (
+        headers["access-control-allow-origin"],
+        headers["access-control-allow-credentials"],
+        headers["vary"],
+    ) == ("https://allowed.example", "true", "Origin")
+    assert "access-control-allow-origin" not in _cors_headers(
+        client.post("/ask", headers={"Origin": "https://evil.example"})
+    )

@@ -51,7 +51,9 @@ def page_origin(node_modules: Path) -> t.Iterator[str]:
 
 def publish_fragment(server: Server, **fields: t.Any) -> str:
     """Have the app render ``fragment.html`` and publish it as a ``row``; return the HTML."""
-    response = requests.post(server.url + "/fragments", json=fields, timeout=10, headers={"Connection": "close"})
+    response = requests.post(
+        server.url + "/fragments", json=fields, timeout=10, headers={"Connection": "close"}
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["html"])
 
@@ -59,7 +61,8 @@ def publish_fragment(server: Server, **fields: t.Any) -> str:
 def rows(page: Page, count: int) -> str:
     """``#rows``'s HTML once it holds ``count`` fragments and htmx has settled them (it
     marks new content with the class ``htmx-added`` for a moment)."""
-    script = "() => [document.querySelectorAll('#rows .fragment').length, !!document.querySelector('.htmx-added')]"
+    script = """() => [document.querySelectorAll('#rows .fragment').length,
+                       !!document.querySelector('.htmx-added')]"""
     wait_until(lambda: page.evaluate(script) == [count, False], 15, f"{count} fragments, settled")
     return str(page.evaluate("document.getElementById('rows').innerHTML"))
 
@@ -86,7 +89,9 @@ def test_htmx2_on_another_origin_shows_fragments_and_keeps_them_across_a_reload(
             publish_fragment(server, n=3, text="three"),
         ]
         assert shown[1].count("\n") == 4, "the <ul> is published on several lines"
-        assert rows(page, 3) == "".join(shown), "each fragment as rendered, the multi-line <ul> intact"
+        assert rows(page, 3) == "".join(shown), (
+            "each fragment as rendered, the multi-line <ul> intact"
+        )
         assert page.evaluate("document.querySelectorAll('#f2 li').length") == 3
 
         # A graceful reload closes every stream; htmx's EventSource comes back with
@@ -122,7 +127,11 @@ def test_ten_htmx2_tabs_through_sse_flask_js_hold_one_connection(
         context.close()
 
 
-HIDE = "h => { Object.defineProperty(document, 'hidden', {value: h, configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }"
+#: Hide the tab (``true``) or show it again, as the browser tells a page.
+HIDE = """h => {
+    Object.defineProperty(document, 'hidden', {value: h, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
 
 
 def test_htmx4_swaps_unnamed_messages_resumes_and_catches_up_a_hidden_tab(
@@ -131,7 +140,10 @@ def test_htmx4_swaps_unnamed_messages_resumes_and_catches_up_a_hidden_tab(
     """htmx 4's fetch-based hx-sse: unnamed HTML messages swapped in, an out-of-band part
     swapped elsewhere; after the server ends the stream, and after the tab was hidden (hx-sse
     lets go of the stream then), it resumes with Last-Event-ID and misses nothing."""
-    server = serve(app="apps.htmx_app:create_app", env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300", "SSE_MAX_STREAM_SECONDS": "3"})
+    server = serve(
+        app="apps.htmx_app:create_app",
+        env={"SSE_HEARTBEAT": "1", "SSE_RETRY_MS": "300", "SSE_MAX_STREAM_SECONDS": "3"},
+    )
     context = browser.new_context()
     try:
         context.add_cookies([{"name": "member", "value": "yes", "url": server.url}])
@@ -140,7 +152,9 @@ def test_htmx4_swaps_unnamed_messages_resumes_and_catches_up_a_hidden_tab(
         page.wait_for_function("window.sseOpens >= 1", timeout=10_000)
         wait_until(lambda: server.stats()["consumers"] == 1, 10, "the stream")
         shown = [publish_fragment(server, n=1, text="one", event="message")]
-        with_oob = publish_fragment(server, n=2, items=["a", "b"], status="two rows", event="message")
+        with_oob = publish_fragment(
+            server, n=2, items=["a", "b"], status="two rows", event="message"
+        )
         main = with_oob.split('<span id="status"')[0]
         shown.append(main)
         assert rows(page, 2) == "".join(shown)
@@ -152,7 +166,9 @@ def test_htmx4_swaps_unnamed_messages_resumes_and_catches_up_a_hidden_tab(
         assert rows(page, 3) == "".join(shown)
 
         page.evaluate(HIDE, True)
-        wait_until(lambda: server.stats()["consumers"] == 0, 10, "the hidden tab to let go of the stream")
+        wait_until(
+            lambda: server.stats()["consumers"] == 0, 10, "the hidden tab to let go of the stream"
+        )
         shown.append(publish_fragment(server, n=4, text="while hidden", event="message"))
         page.evaluate(HIDE, False)
         assert rows(page, 4) == "".join(shown)

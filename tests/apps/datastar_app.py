@@ -22,9 +22,13 @@ def create_app() -> Flask:
     def count() -> dict[str, str]:
         n = next(counts)
         return {
-            "signals": datastar.publish(sse, datastar.patch_signals({"count": n}), channel="counter"),
+            "signals": datastar.publish(
+                sse, datastar.patch_signals({"count": n}), channel="counter"
+            ),
             "elements": datastar.publish(
-                sse, datastar.patch_elements(f"<span>{n}</span>", selector="#count", mode="inner"), channel="counter"
+                sse,
+                datastar.patch_elements(f"<span>{n}</span>", selector="#count", mode="inner"),
+                channel="counter",
             ),
         }
 
@@ -32,7 +36,10 @@ def create_app() -> Flask:
     def stream() -> Response:
         signals = datastar.read_signals() or {}
         n = int(signals.get("count", 0)) + 1
-        events = [datastar.patch_signals({"count": n}, id="1"), datastar.patch_elements(f'<b id="count">{n}</b>', id="2")]
+        events = [
+            datastar.patch_signals({"count": n}, id="1"),
+            datastar.patch_elements(f'<b id="count">{n}</b>', id="2"),
+        ]
         return Response(map(encode_event, events), content_type="text/event-stream; charset=utf-8")
 
     return app

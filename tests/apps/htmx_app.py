@@ -1,6 +1,7 @@
 """An app whose pages use htmx: ``POST /fragments`` renders ``fragment.html`` and publishes
-it as a ``row`` event (or the ``event`` it is given) on channel ``rows``, which only a browser holding the cookie
-``member=yes`` may read (so a test sees that the browser sent its credentials).
+it as a ``row`` event (or the ``event`` it is given) on channel ``rows``, which only a
+browser holding the cookie ``member=yes`` may read (so a test sees that the browser sent
+its credentials).
 ``/tests/<path>`` serves ``tests/`` (pages and npm packages) from the stream's own origin."""
 
 from __future__ import annotations
