@@ -118,11 +118,15 @@ def test_ten_htmx2_tabs_through_sse_flask_js_hold_one_connection(
             page = context.new_page()
             page.goto(f"{server.url}/tests/clients/htmx2-shared.html")
             pages.append(page)
-        wait_until(lambda: server.stats()["consumers"] == 1, 10, "the shared stream")
+        # A tab joins the shared stream when the worker has its subscription, and is then
+        # told that the stream is open; only then does it get what is published.
+        for page in pages:
+            page.wait_for_function("window.sseOpens >= 1", timeout=10_000)
+        assert server.stats()["consumers"] == 1, "one stream for ten tabs"
         html = publish_fragment(server, n=1, items=["shared", "by ten tabs"])
         for page in pages:
             assert rows(page, 1) == html
-        assert server.stats()["consumers"] == 1, "one connection for ten tabs"
+        assert server.stats()["consumers"] == 1, "still one stream"
     finally:
         context.close()
 
