@@ -10,7 +10,9 @@ setup(
     ],
     extras_require={
         "redis": ["redis>=5"],
+        "datastar": ["datastar-py>=0.6"],
         "test": [
+            "datastar-py>=0.6",
             "wheel",
             "redis>=5",
             "pytest>=8",

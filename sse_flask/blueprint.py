@@ -224,17 +224,42 @@ def warn_open_publish(app: Flask, settings: Settings) -> None:
         )
 
 
+def cors_options(origins: t.Sequence[str]) -> dict[str, t.Any]:
+    """The flask-cors options for ``origins``, as the blueprint's routes use them.
+
+    Listed origins may send credentials (cookies): htmx's SSE extension always opens its
+    ``EventSource`` with ``withCredentials``, which a browser refuses without
+    ``Access-Control-Allow-Credentials: true``. A ``*`` among them allows any origin
+    without credentials, since granting them to every site would let any page act as the
+    user. ``Last-Event-ID`` is allowed as a request header, for clients that resume with it.
+
+    An app view that streams (:meth:`SSE.stream`) gets the same answers, preflight
+    included, with ``@flask_cors.cross_origin(**cors_options(origins))`` under its route.
+    """
+    wildcard = "*" in origins
+    # As patterns, which flask-cors answers with "Vary: Origin" even for a single origin,
+    # whereas for one literal origin it leaves Vary out and lets a cache serve the grant
+    # of one origin to another.
+    exact = [re.compile(re.escape(origin) + r"\Z", re.IGNORECASE) for origin in origins]
+    return {
+        "origins": "*" if wildcard else exact,
+        "send_wildcard": wildcard,
+        "supports_credentials": not wildcard,
+        "methods": ["GET", "HEAD", "POST", "OPTIONS"],
+        "allow_headers": ["Authorization", "Content-Type", "Last-Event-ID"],
+        "vary_header": True,
+    }
+
+
 def enable_cors(app: Flask, settings: Settings) -> None:
-    """Let the browsers of ``SSE_CORS_ORIGINS`` open streams and publish."""
+    """Let the browsers of ``SSE_CORS_ORIGINS`` open streams and publish, on every route
+    of the blueprint (registered on ``app`` already) and no other."""
     from flask_cors import CORS
 
-    routes = rf"^{re.escape(settings.url_prefix)}/(events|say|stats|healthz)$"
-    CORS(
-        app,
-        resources={routes: {"origins": list(settings.cors_origins)}},
-        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-        supports_credentials=False,
-    )
+    rules = app.url_map.iter_rules()
+    routes = sorted({rule.rule for rule in rules if rule.endpoint.startswith("sse.")})
+    pattern = "^(" + "|".join(map(re.escape, routes)) + ")$"
+    CORS(app, resources={pattern: cors_options(settings.cors_origins)})
 
 
 def _state() -> _State:

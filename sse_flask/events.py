@@ -125,8 +125,12 @@ def prefix_id(frame: bytes, id: str) -> bytes:
 
 
 def encode_retry(milliseconds: int) -> bytes:
-    """Encode a frame that only sets the client's reconnection delay."""
-    return (_retry_line(milliseconds) + "\n\n").encode("ascii")
+    """Encode a line that only sets the client's reconnection delay.
+
+    Like a comment, it has no blank line after it: the field takes effect as it is read,
+    and some clients (httpx-sse) would wrongly dispatch an empty event for a blank line.
+    """
+    return (_retry_line(milliseconds) + "\n").encode("ascii")
 
 
 def encode_comment(text: str = "") -> bytes:

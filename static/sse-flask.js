@@ -502,10 +502,92 @@
     return absolute.href;
   }
 
+  // ---------------------------------------------------------------- htmx
+
+  var CONNECTING = 0, OPEN = 1, CLOSED = 2;
+
+  /**
+   * An EventSource look-alike over a shared Client, for libraries that open their own
+   * EventSource: the channels come from the URL's ?channel= parameters. Events are passed
+   * on as they arrive (data as text); a stream that is reconnecting reports an error with
+   * readyState CONNECTING, as EventSource does, and one closed for good CLOSED.
+   */
+  function SharedEventSource(url, options) {
+    var self = this;
+    var absolute = new URL(url, scope.location.href);
+    var channels = absolute.searchParams.getAll("channel");
+    absolute.searchParams.delete("channel");
+    var opts = {};
+    Object.keys(options || {}).forEach(function (key) { opts[key] = options[key]; });
+    opts.url = absolute.href;
+    opts.channels = channels;
+    opts.json = false;
+    opts.onstate = function (state) { self._state(state); };
+    this.url = url;
+    this.withCredentials = !!opts.withCredentials;
+    this.readyState = CONNECTING;
+    this.onopen = this.onmessage = this.onerror = null;
+    this._listeners = Object.create(null);
+    this._client = connect(opts);
+    this._client.on("*", function (data, event) {
+      self._fire(event.type, { type: event.type, data: event.data, lastEventId: event.lastEventId || "", origin: absolute.origin });
+    });
+  }
+
+  SharedEventSource.prototype.CONNECTING = SharedEventSource.CONNECTING = CONNECTING;
+  SharedEventSource.prototype.OPEN = SharedEventSource.OPEN = OPEN;
+  SharedEventSource.prototype.CLOSED = SharedEventSource.CLOSED = CLOSED;
+
+  SharedEventSource.prototype.addEventListener = function (type, listener) {
+    (this._listeners[type] = this._listeners[type] || []).push(listener);
+  };
+
+  SharedEventSource.prototype.removeEventListener = function (type, listener) {
+    var list = this._listeners[type] || [];
+    var index = list.indexOf(listener);
+    if (index >= 0) { list.splice(index, 1); }
+  };
+
+  SharedEventSource.prototype.close = function () {
+    this.readyState = CLOSED;
+    this._client.close();
+  };
+
+  SharedEventSource.prototype._state = function (state) {
+    if (state === "open" && this.readyState !== OPEN) {
+      this.readyState = OPEN;
+      this._fire("open", { type: "open" });
+    } else if ((state === "reconnecting" || state === "closed") && this.readyState !== CLOSED) {
+      this.readyState = state === "closed" ? CLOSED : CONNECTING;
+      this._fire("error", { type: "error" });
+    }
+  };
+
+  SharedEventSource.prototype._fire = function (type, event) {
+    var handler = this["on" + type];
+    var listeners = (this._listeners[type] || []).slice();
+    if (typeof handler === "function" && (type === "open" || type === "error" || type === "message")) {
+      listeners.unshift(handler);
+    }
+    var self = this;
+    listeners.forEach(function (listener) {
+      try { listener.call(self, event); } catch (error) { setTimeout(function () { throw error; }); }
+    });
+  };
+
+  // Make htmx 2's SSE extension (htmx-ext-sse) open its streams through shared Clients,
+  // so that every tab of the site holds one connection: SSEFlask.htmx(htmx, options).
+  function useWithHtmx(htmx, options) {
+    htmx.createEventSource = function (url) { return new SharedEventSource(url, options); };
+  }
+
   var isWorker = typeof SharedWorkerGlobalScope === "function" && scope instanceof SharedWorkerGlobalScope;
   if (isWorker) {
     runWorker();
   } else {
-    scope.SSEFlask = { connect: connect, Client: Client, Parser: Parser, version: PROTOCOL };
+    scope.SSEFlask = {
+      connect: connect, Client: Client, Parser: Parser, version: PROTOCOL,
+      EventSource: SharedEventSource, htmx: useWithHtmx
+    };
   }
 })(self);

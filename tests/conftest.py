@@ -9,6 +9,7 @@ A missing real part (redis-server, Chromium) skips its tests locally and fails t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -298,18 +299,11 @@ class StreamClient:
         self.retry: int | None = None
 
     def take(self, count: int) -> list[httpx_sse.ServerSentEvent]:
-        """The next ``count`` events a browser would dispatch.
-
-        httpx-sse also yields a frame that only sets ``retry:``, which a browser does not
-        dispatch (it has no ``data:``); such frames are passed over.
-        """
-        events: list[httpx_sse.ServerSentEvent] = []
-        while len(events) < count:
-            event = next(self._events)
-            if event.retry is not None and not event.data and not event.id:
+        """The next ``count`` events; the last ``retry:`` seen is kept in :attr:`retry`."""
+        events = [next(self._events) for _ in range(count)]
+        for event in events:
+            if event.retry is not None:
                 self.retry = event.retry
-                continue
-            events.append(event)
         return events
 
     def close(self) -> None:
@@ -365,3 +359,53 @@ class RawStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As root there is no sandbox; and the machine has no outside network, so nothing that
+# would reach for it (updates, sync, QUIC probes).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> t.Iterator[t.Any]:
+    """Debian's headless Chromium, driven by Playwright; never downloaded."""
+    need("chromium", shutil.which("chromium") or Path(CHROMIUM).exists())
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need("playwright", False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """``tests/node_modules``, installed from ``tests/package-lock.json`` (git-ignored).
+
+    npm answers from its cache when it can, so that a machine that installed once runs
+    the tests offline; a failed install with every package already present still counts.
+    """
+    need("node and npm", shutil.which("node") and shutil.which("npm"))
+    folder = TESTS / "node_modules"
+    result = subprocess.run(
+        ["npm", "install", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=TESTS, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    wanted = json.loads((TESTS / "package.json").read_text())["dependencies"]
+    present = all((folder / name).is_dir() for name in wanted)
+    need(f"the npm packages of tests/package.json ({result.stderr.strip()[-300:]})", present)
+    return folder

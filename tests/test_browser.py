@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import threading
 import typing as t
 from pathlib import Path
@@ -17,43 +16,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import Server, need, wait_until
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # skipped locally, failed in CI, by the browser fixture
-    sync_playwright = None
+from conftest import Server, wait_until
 
 if t.TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As root there is no sandbox; and the machine has no outside network, so nothing that
-# would reach for it (updates, sync, QUIC probes).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 STATUS = "document.getElementById('status').textContent"
-
-
-@pytest.fixture(scope="module")
-def browser() -> t.Iterator[Browser]:
-    need("chromium", shutil.which("chromium") or Path("/usr/bin/chromium").exists())
-    need("playwright", sync_playwright)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -163,10 +163,10 @@ def test_comments_between_events_dispatch_nothing() -> None:
 
 @pytest.mark.parametrize(
     ("milliseconds", "expected"),
-    [(0, b"retry: 0\n\n"), (3000, b"retry: 3000\n\n"), (10**9, b"retry: 1000000000\n\n")],
+    [(0, b"retry: 0\n"), (3000, b"retry: 3000\n"), (10**9, b"retry: 1000000000\n")],
 )
 def test_encode_retry(milliseconds: int, expected: bytes) -> None:
-    """A retry-only frame."""
+    """A retry-only line, with no blank line that a client might dispatch as an event."""
     assert encode_retry(milliseconds) == expected
 
 

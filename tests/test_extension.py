@@ -454,7 +454,7 @@ def test_events_stream_through_the_test_client(app: Flask, sse: SSE, client: t.A
     response: TestResponse = client.get("/events?channel=news", buffered=False)
     try:
         chunks = iter(response.response)
-        assert next(chunks) == b"retry: 3000\n\n"
+        assert next(chunks) == b"retry: 3000\n"
         event_id = sse.publish({"x": 1}, event="update", channel="news")
         assert next(chunks) == f"id: {event_id}\nevent: update\ndata: {json.dumps({'x': 1}, separators=(',', ':'))}\n\n".encode()
     finally:
@@ -469,6 +469,6 @@ def test_events_resume_with_last_event_id(app: Flask, sse: SSE, client: t.Any) -
     for kwargs in ({"headers": {"Last-Event-ID": first}}, {"query_string": {"lastEventId": first}}):
         response: TestResponse = client.get("/events", buffered=False, **kwargs)
         try:
-            assert next(iter(response.response)) == f"retry: 3000\n\nid: {second}\ndata: two\n\n".encode()
+            assert next(iter(response.response)) == f"retry: 3000\nid: {second}\ndata: two\n\n".encode()
         finally:
             response.close()

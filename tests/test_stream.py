@@ -111,9 +111,11 @@ class Wire(RawStream):
         return b"".join(self._body)
 
     def frames(self) -> list[bytes]:
-        """Complete frames, without their final blank line and without comment lines."""
+        """Complete frames, without their final blank line, without comment lines and
+        without the stream's opening ``retry:`` line, which has no blank line of its own."""
         frames = []
-        for frame in self.body.split(b"\n\n")[:-1]:
+        body = re.sub(rb"^retry: \d+\n", b"", self.body)
+        for frame in body.split(b"\n\n")[:-1]:
             lines = [line for line in frame.split(b"\n") if not line.startswith(b":")]
             if lines:
                 frames.append(b"\n".join(lines))
@@ -188,7 +190,7 @@ def raw() -> t.Iterator[OpenWire]:
         stream = Wire(server.port, path, headers)
         opened.append(stream)
         if ready:
-            stream.wait_for(lambda w: w.body.startswith(b"retry:") and b"\n\n" in w.body, 10, "retry:")
+            stream.wait_for(lambda w: w.body.startswith(b"retry:") and b"\n" in w.body, 10, "retry:")
         return stream
 
     yield open_wire
@@ -288,7 +290,8 @@ def test_stream_headers_and_retry_first(serve: Serve, raw: OpenWire) -> None:
     assert headers["cache-control"] == "no-cache"
     assert headers["x-accel-buffering"] == "no"
     # The first bytes of the body, once the chunked framing is taken off.
-    assert wire.body.startswith(b"retry: 1234\n\n"), wire.body[:100]
+    assert wire.body.startswith(b"retry: 1234\n"), wire.body[:100]
+    assert not wire.body.startswith(b"retry: 1234\n\n"), "a blank line would dispatch an empty event"
     wire.close()
 
 

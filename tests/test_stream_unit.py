@@ -69,7 +69,7 @@ def publish(broker: MemoryBroker, data: str) -> bytes:
 def test_opens_with_retry(broker: MemoryBroker) -> None:
     """The first chunk is ``retry: N`` alone when there is nothing to replay."""
     stream = open_stream(broker, retry_ms=1234)
-    assert next(iter(stream)) == b"retry: 1234\n\n"
+    assert next(iter(stream)) == b"retry: 1234\n"
     stream.close()
 
 

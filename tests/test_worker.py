@@ -63,7 +63,7 @@ def open_stream(request=b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
     frames = iter(body)
     response.write(next(frames))
     head = b""
-    while not head.endswith(b"retry: 3000\\n\\n" + (b"\\r\\n" if response.chunked else b"")):
+    while not head.endswith(b"retry: 3000\\n" + (b"\\r\\n" if response.chunked else b"")):
         head += client.recv(4096)
     return body, frames, response, client
 
@@ -236,10 +236,11 @@ def test_streams_over_tls_are_left_to_gunicorn(tmp_path: Path) -> None:
         wait_until(lambda: "Worker ready" in log_path.read_text(), 30, "the worker")
         with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=10) as client, httpx_sse.connect_sse(client, "GET", url + "/events") as source:
             events = source.iter_sse()
-            assert next(events).retry == 3000
             for n in range(3):
                 client.get(url + "/say", params={"msg": f"tls {n}"}).raise_for_status()
-            assert [next(events).data for _ in range(3)] == ["tls 0", "tls 1", "tls 2"]
+            received = [next(events) for _ in range(3)]
+            assert [event.data for event in received] == ["tls 0", "tls 1", "tls 2"]
+            assert received[0].retry == 3000, "the opening retry: comes with the first event"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
