@@ -23,7 +23,7 @@ from .events import DEFAULT_EVENT
 from .extension import DEFAULT_CHANNEL, _State, check_channel
 from .metrics import exposition, metrics
 from .resources import resource_dir
-from .stream import EventStream
+from .stream import EventStream, stream_response
 
 if t.TYPE_CHECKING:
     from .config import Settings
@@ -34,12 +34,6 @@ log = logging.getLogger("sse_flask")
 
 blueprint = Blueprint("sse", __name__)
 
-_STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    # nginx buffers proxied responses unless told not to, which would hold events back.
-    "X-Accel-Buffering": "no",
-    # No "Connection" header: it is hop-by-hop, and PEP 3333 forbids applications to set it.
-}
 _hellos = itertools.count(1)
 
 
@@ -86,16 +80,7 @@ def events() -> Response:
         environ=request.environ,
         on_close=release,
     )
-    # direct_passthrough: the server iterates the stream itself, without werkzeug's two
-    # wrapping generators around each chunk (the stream yields bytes, and closes itself).
-    response = Response(
-        stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8", direct_passthrough=True
-    )
-    if settings.compress:
-        response.vary.add("Accept-Encoding")
-        if compress:
-            response.content_encoding = "gzip"
-    return response
+    return stream_response(stream, negotiated=settings.compress)
 
 
 @blueprint.route("/say", methods=["GET", "POST"])

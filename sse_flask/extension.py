@@ -12,7 +12,7 @@ import typing as t
 import weakref
 
 import itsdangerous
-from flask import Flask, current_app, has_app_context
+from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .broker import Broker, make_broker
@@ -20,6 +20,8 @@ from .config import Settings, load_settings
 from .errors import DataTooLarge, InvalidChannel, InvalidToken
 from .events import Event, check_field, encode_data, encode_event
 from .metrics import metrics
+from .viewstream import close_all as close_view_streams
+from .viewstream import stream_items
 
 __all__ = ["SSE"]
 
@@ -98,6 +100,32 @@ class SSE:
         :raises BrokerUnavailable: if the broker could not be reached: nothing was sent.
         """
         return self._state().publish(data, event, channel)
+
+    def stream(self, items: t.Iterable[t.Any]) -> Response:
+        """Answer the current request with an event stream of its own: one event per item
+        of ``items``, then ``event: done``.
+
+        A :class:`str` is sent as it is, an :class:`~sse_flask.Event` as given, any other
+        value as compact JSON; ids are ``1``, ``2``, ... unless an ``Event`` has its own.
+        ``items`` runs apart from the writer (a greenlet under gevent, a thread otherwise)
+        inside the view's request context, so heartbeats go out while it produces nothing.
+        An exception in it sends ``event: error`` with ``{"error": "..."}`` (the traceback
+        goes to the log). When the client goes away, ``items`` is closed (``GeneratorExit``
+        in a generator) and the request's teardown runs: at once under gevent, at the
+        latest at the next heartbeat elsewhere (on threads, once the step running returns).
+
+        ::
+
+            @app.post("/ask")
+            def ask():
+                return sse.stream(generate_answer(request.get_json()["prompt"]))
+
+        :raises RuntimeError: outside a request.
+
+        .. versionadded:: 0.2
+        """
+        state = self._state()
+        return stream_items(items, settings=state.settings, slots=state)
 
     def authorizer(self, function: Authorizer) -> Authorizer:
         """Register ``function(channel) -> bool``, called in the request context of each
@@ -250,3 +278,4 @@ def close_all_streams() -> None:
     """
     for state in list(_STATES):
         state.broker.close()
+    close_view_streams()
