@@ -8,7 +8,8 @@ gives it back, ``teardown_request <n>`` when ``teardown_request`` sees it.
 
 - ``GET|POST /slow?delay=S``: sleeps S seconds, then yields ``"one"``, ``{"n": 2}`` and an
   ``Event`` of type ``custom`` with id ``own``; ``POST`` takes ``{"words": [...]}`` instead.
-- ``GET /forever``: a resource taken, then an item every 0.1 s, never ending.
+- ``GET /forever?pause=S``: a resource taken, then an item every S seconds (0.1 unless
+  given), never ending.
 - ``GET /fails``: one item, then an exception whose message must not reach the client.
 - ``GET /context?q=...``: items read from ``request`` and ``current_app`` inside the stream.
 """
@@ -65,13 +66,15 @@ def create_app() -> Flask:
 
     @app.get("/forever")
     def forever() -> t.Any:
+        pause = float(request.args.get("pause", "0.1"))
+
         def items() -> t.Iterator[int]:
             g.resource = next(_resources)
             _note(f"acquired {g.resource}")
             try:
                 for number in itertools.count():
                     yield number
-                    time.sleep(0.1)
+                    time.sleep(pause)
             finally:
                 _note(f"finally {g.resource}")
 
