@@ -18,9 +18,10 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken
+from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken, UnknownJob
 from .events import DEFAULT_EVENT
 from .extension import DEFAULT_CHANNEL, _State, check_channel
+from .jobs import subscribe
 from .metrics import exposition, metrics
 from .resources import resource_dir
 from .stream import EventStream, stream_response
@@ -61,7 +62,7 @@ def events() -> Response:
     compress = settings.compress and request.accept_encodings["gzip"] > 0
     release = functools.partial(state.release_stream, address)
     try:
-        subscription = state.broker.subscribe(channels, last_event_id, queue_size=settings.queue_size)
+        subscription = subscribe(state.broker, channels, last_event_id, queue_size=settings.queue_size)
     except BaseException:
         release()
         raise
@@ -144,6 +145,11 @@ def _too_large(e: DataTooLarge) -> Response:
 def _invalid(e: ValueError) -> Response:
     # InvalidInput from the extension, and ValueError from the encoder (event types).
     return _error(400, str(e))
+
+
+@blueprint.errorhandler(UnknownJob)
+def _unknown_job(e: UnknownJob) -> Response:
+    return _error(404, str(e))
 
 
 @blueprint.errorhandler(BrokerUnavailable)

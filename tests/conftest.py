@@ -261,6 +261,14 @@ class StreamClient:
             events.append(event)
         return events
 
+    def rest(self) -> list[httpx_sse.ServerSentEvent]:
+        """Every event a browser would dispatch until the server ends the stream."""
+        events = []
+        with contextlib.suppress(StopIteration):
+            while True:
+                events.extend(self.take(1))
+        return events
+
     def close(self) -> None:
         self._context.__exit__(None, None, None)
         self._client.close()

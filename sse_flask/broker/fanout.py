@@ -44,6 +44,7 @@ WRITE_INTERVAL = 0.005
 SLOW = "slow consumer"
 SHUTDOWN = "server shutting down"
 CLIENT = "client went away"
+JOB_ENDED = "job ended"
 
 
 class Subscription:
