@@ -62,7 +62,9 @@ def events() -> Response:
     compress = settings.compress and request.accept_encodings["gzip"] > 0
     release = functools.partial(state.release_stream, address)
     try:
-        subscription = subscribe(state.broker, channels, last_event_id, queue_size=settings.queue_size)
+        subscription = subscribe(
+            state.broker, channels, last_event_id, queue_size=settings.queue_size
+        )
     except BaseException:
         release()
         raise

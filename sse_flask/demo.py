@@ -116,7 +116,7 @@ def create_app() -> Flask:
         The page opens ``/events`` with both; the words arrive as events, then ``done``."""
         question = _question()
         if question is None:
-            return jsonify(error=f"send JSON {{\"question\": \"...\"}} with 1 to {MAX_QUESTION} characters"), 400
+            return _no_question()
         job = sse.start_job(fake_model, question)
         return jsonify(channel=job.channel, token=job.token)
 
@@ -135,14 +135,19 @@ def create_app() -> Flask:
 
     @app.route("/answer/stream", methods=["GET", "POST"])
     def answer_stream() -> Response | tuple[Response, int]:
-        """The same answer as this request's own stream (``sse.stream``): nothing to resume,
-        ``curl -N -d '{"question": "hi"}' -H 'Content-Type: application/json' .../answer/stream``."""
+        """The same answer as this request's own stream (``sse.stream``): nothing to resume.
+        ``curl -N '.../answer/stream?question=hi'``, or POST JSON as to ``/answer``."""
         question = _question()
         if question is None:
-            return jsonify(error=f"send JSON {{\"question\": \"...\"}} or ?question= with 1 to {MAX_QUESTION} characters"), 400
+            return _no_question()
         return sse.stream(fake_model(question))
 
     return app
+
+
+def _no_question() -> tuple[Response, int]:
+    message = f'send JSON {{"question": "..."}} or ?question= with 1 to {MAX_QUESTION} characters'
+    return jsonify(error=message), 400
 
 
 def _question() -> str | None:

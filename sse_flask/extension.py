@@ -177,7 +177,9 @@ class SSE:
         .. versionadded:: 0.2
         """
         if not is_job(check_channel(channel)):
-            raise InvalidChannel(f"{channel!r:.140} is not a job's channel (they start with {JOB_PREFIX!r})")
+            raise InvalidChannel(
+                f"{channel!r:.140} is not a job's channel (they start with {JOB_PREFIX!r})"
+            )
         self._state().broker.cancel_job(channel)
 
     def authorizer(self, function: Authorizer) -> Authorizer:
@@ -291,9 +293,9 @@ class _State:
         ``None`` if it may."""
         if is_job(channel):
             # Whatever the authorizer says: the token from start_job is the only way in.
-            return None if grant is not None and channel in grant.channels else (
-                f"channel {channel!r} is a job's: open the stream with the token that start_job gave"
-            )
+            if grant is not None and channel in grant.channels:
+                return None
+            return f"channel {channel!r} is a job's: open it with the token that start_job gave"
         if self.sse._authorize is not None:
             return None if self.sse._authorize(channel) else f"you may not listen to channel {channel!r}"
         if self.is_private(channel) and (grant is None or channel not in grant.channels):

@@ -36,7 +36,15 @@ if t.TYPE_CHECKING:
 
     from .broker import Broker, Subscription
 
-__all__ = ["FAILED_MESSAGE", "JOB_PREFIX", "TOKEN_SECONDS", "Job", "is_job", "start_job", "subscribe"]
+__all__ = [
+    "FAILED_MESSAGE",
+    "JOB_PREFIX",
+    "TOKEN_SECONDS",
+    "Job",
+    "is_job",
+    "start_job",
+    "subscribe",
+]
 
 #: Every job's channel starts with it.
 JOB_PREFIX = "job:"
@@ -112,7 +120,9 @@ def start_job(
     return job
 
 
-def subscribe(broker: Broker, channels: list[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
+def subscribe(
+    broker: Broker, channels: list[str], last_event_id: str | None, *, queue_size: int
+) -> Subscription:
     """Subscribe a stream to ``channels``: a job's from its first event (or after
     ``last_event_id``) until its last, any others as the broker does.
 
@@ -123,12 +133,14 @@ def subscribe(broker: Broker, channels: list[str], last_event_id: str | None, *,
     if not jobs:
         return broker.subscribe(channels, last_event_id, queue_size=queue_size)
     if len(channels) > 1:
-        raise InvalidInput(f"a job's channel is streamed on its own: ask for {jobs[0]!r} without other channels")
+        raise InvalidInput(
+            f"a job's channel is streamed on its own: ask for {jobs[0]!r} without other channels"
+        )
     subscription = broker.subscribe_job(jobs[0], last_event_id, queue_size=queue_size)
     if subscription is None:
         raise UnknownJob(
-            f"no job {jobs[0]!r} here: it ended more than SSE_JOB_RETENTION seconds ago, or ran on a worker "
-            "that has stopped"
+            f"no job {jobs[0]!r} here: it ended more than SSE_JOB_RETENTION seconds ago, "
+            "or ran on a worker that has stopped"
         )
     return subscription
 

@@ -66,7 +66,9 @@ def stream_items(items: t.Iterable[t.Any], *, settings: Settings, slots: Slots) 
     :raises RuntimeError: outside a request.
     """
     if not has_request_context():
-        raise RuntimeError("sse.stream() answers the current request; call it in a view and return what it returns")
+        raise RuntimeError(
+            "sse.stream() answers the current request; call it in a view and return what it returns"
+        )
     address = request.remote_addr or ""
     refusal = slots.reserve_stream(address)
     if refusal is not None:
@@ -96,10 +98,17 @@ def stream_items(items: t.Iterable[t.Any], *, settings: Settings, slots: Slots) 
         if outcome == DONE:
             deliver(encode_event(Event(data={"items": count}, event="done", id=str(next(numbers)))))
         elif outcome == ERROR:
-            deliver(encode_event(Event(data={"error": FAILED_MESSAGE}, event="error", id=str(next(numbers)))))
+            deliver(
+                encode_event(
+                    Event(data={"error": FAILED_MESSAGE}, event="error", id=str(next(numbers)))
+                )
+            )
         subscription.close(FINISHED if outcome == DONE else FAILED)
 
-    contexts = (t.cast(t.Any, app_ctx)._get_current_object(), t.cast(t.Any, request_ctx)._get_current_object())
+    contexts = (
+        t.cast(t.Any, app_ctx)._get_current_object(),
+        t.cast(t.Any, request_ctx)._get_current_object(),
+    )
     task = Task(
         lambda: items,
         emit=emit,
@@ -135,7 +144,9 @@ def _frame(item: t.Any, number: int) -> bytes:
     """``item`` as one event: an :class:`Event` as given (numbered if it has no id), any
     other value as its data."""
     if isinstance(item, Event):
-        return encode_event(item if item.id is not None else dataclasses.replace(item, id=str(number)))
+        return encode_event(
+            item if item.id is not None else dataclasses.replace(item, id=str(number))
+        )
     return encode_event(Event(data=item, id=str(number)))
 
 

@@ -385,9 +385,13 @@
       $("answer-detail").textContent = "done: " + answer.words.length + " words of " + data.items +
         (whole ? ", nothing repeated or missing" : ": some are missing") + dropNote();
     });
-    client.on("cancelled", function (text) { $("answer-detail").textContent = "stopped after " + JSON.parse(text).items + " words"; });
+    client.on("cancelled", function (text) {
+      $("answer-detail").textContent = "stopped after " + JSON.parse(text).items + " words";
+    });
     client.on("error", function (text) { $("answer-error").textContent = JSON.parse(text).error; });
-    client.on("missed", function () { $("answer-error").textContent = "the server no longer had every word"; });
+    client.on("missed", function () {
+      $("answer-error").textContent = "the server no longer had every word";
+    });
   }
 
   function addWord(word) {
@@ -401,7 +405,8 @@
   }
 
   function dropNote() {
-    return answer.dropped ? "; dropped " + answer.dropped + "×, resumed each time (replayed words marked)" : "";
+    if (!answer.dropped) { return ""; }
+    return "; dropped " + answer.dropped + "×, resumed each time (replayed words marked)";
   }
 
   function updateAnswer() {

@@ -170,7 +170,11 @@
       var aborted = error && error.name === "AbortError";
       var dropped = aborted && self.dropped;
       self.dropped = false;
-      self.fail({ error: dropped ? "the connection was cut by drop()" : aborted ? "no data from the server for too long" : "connection failed (" + (error && error.message || error) + ")" });
+      self.fail({
+        error: dropped ? "the connection was cut by drop()"
+          : aborted ? "no data from the server for too long"
+          : "connection failed (" + (error && error.message || error) + ")"
+      });
     });
   };
 
@@ -349,7 +353,8 @@
     this.options = opts;
     this.channels = uniqueSorted(options.channels && options.channels.length ? options.channels : ["default"]);
     this.view = !!options.view;
-    this.url = this.view ? new URL(options.url, scope.location.href).href : streamUrl(options.url, this.channels);
+    this.url = this.view ? new URL(options.url, scope.location.href).href
+      : streamUrl(options.url, this.channels);
     // A view's stream, or a job's: its last event ends it.
     this.final = this.view || this.channels.every(function (name) { return /^job:/.test(name); });
     this.state = "connecting";
@@ -389,7 +394,9 @@
   // Cut the connection now, as a network failure would, to see the client resume: only
   // for a stream of this tab's own (share: "none").
   Client.prototype.drop = function () {
-    if (!this._stream) { throw new Error("drop() needs a stream of this tab's own: connect with share: \"none\""); }
+    if (!this._stream) {
+      throw new Error("drop() needs a stream of this tab's own: connect with share: \"none\"");
+    }
     this._stream.drop();
   };
 
@@ -404,7 +411,8 @@
 
   Client.prototype._startDirect = function () {
     this._setMode("direct");
-    var stream = this._stream = new Stream(this.url, this._streamOptions(), this._receive.bind(this));
+    var stream = new Stream(this.url, this._streamOptions(), this._receive.bind(this));
+    this._stream = stream;
     this._cleanup.push(function () { stream.close(); });
   };
 
@@ -489,7 +497,10 @@
 
   Client.prototype._streamOptions = function () {
     var o = this.options;
-    var options = { retry: o.retry, maxRetry: o.maxRetry, idleTimeout: o.idleTimeout, withCredentials: o.withCredentials, lastEventId: this.lastEventId, final: this.final };
+    var options = {
+      retry: o.retry, maxRetry: o.maxRetry, idleTimeout: o.idleTimeout,
+      withCredentials: o.withCredentials, lastEventId: this.lastEventId, final: this.final
+    };
     if (this.view) { Object.assign(options, this.request, { once: true }); }
     return options;
   };
@@ -568,6 +579,8 @@
   if (isWorker) {
     runWorker();
   } else {
-    scope.SSEFlask = { connect: connect, stream: stream, Client: Client, Parser: Parser, version: PROTOCOL };
+    scope.SSEFlask = {
+      connect: connect, stream: stream, Client: Client, Parser: Parser, version: PROTOCOL
+    };
   }
 })(self);

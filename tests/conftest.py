@@ -328,7 +328,9 @@ class Process:
     """A server started from a command line, in its own session, on an ephemeral port read
     from its log with ``listening`` (a pattern whose group 1 is the port)."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, listening: str) -> None:
+    def __init__(
+        self, command: list[str], env: dict[str, str], log_path: Path, listening: str
+    ) -> None:
         self.log_path = log_path
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
         with open(log_path, "wb") as log:

@@ -551,11 +551,18 @@ ANSWER_STATUS = "document.getElementById('answer-status').textContent"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
+def wait_for_words(page: Page, count: int) -> None:
+    words = "Number(document.getElementById('answer-count').textContent)"
+    page.wait_for_function(f"{words} >= {count}", timeout=10_000)
+
+
 def answer_requests(requested: list[str], url: str) -> list[str]:
     return [each for each in requested if each.startswith(url + "/events?") and "job%3A" in each]
 
 
-def test_answer_resumes_after_a_drop_with_every_word_once(context: BrowserContext, server: Server) -> None:
+def test_answer_resumes_after_a_drop_with_every_word_once(
+    context: BrowserContext, server: Server
+) -> None:
     """The demo's answer panel: a job's words, a drop mid-answer, a resume that replays what
     was missed, and the end at done: state closed, no reconnection (which would restart it)."""
     from sse_flask.demo import fake_answer
@@ -566,15 +573,15 @@ def test_answer_resumes_after_a_drop_with_every_word_once(context: BrowserContex
     question = "How do jobs survive a dropped connection?"
     page.fill("#answer-question", question)
     page.press("#answer-question", "Enter")
-    page.wait_for_function("Number(document.getElementById('answer-count').textContent) >= 5", timeout=10_000)
+    wait_for_words(page, 5)
     page.click("#answer-drop")
     page.wait_for_function(f"{ANSWER_STATUS} === 'reconnecting'", timeout=5_000)
     page.wait_for_function(f"{ANSWER_STATUS} === 'closed'", timeout=30_000)
     words = fake_answer(question)
     assert page.text_content("#answer-text") == " ".join(words)
     assert page.text_content("#answer-detail") == (
-        f"done: {len(words)} words of {len(words)}, nothing repeated or missing; dropped 1×, resumed each time "
-        "(replayed words marked)"
+        f"done: {len(words)} words of {len(words)}, nothing repeated or missing; "
+        "dropped 1×, resumed each time (replayed words marked)"
     )
     assert page.text_content("#answer-error") == ""
     # Two requests: the first, and the resume from the last word the page had.
@@ -588,14 +595,16 @@ def test_stop_cancels_the_answer_and_closes(context: BrowserContext, server: Ser
     page = open_demo(context, server.url)
     page.fill("#answer-question", "Stop me")
     page.press("#answer-question", "Enter")
-    page.wait_for_function("Number(document.getElementById('answer-count').textContent) >= 3", timeout=10_000)
+    wait_for_words(page, 3)
     page.click("#answer-stop")
     page.wait_for_function(f"{ANSWER_STATUS} === 'closed'", timeout=5_000)
     count = int(page.text_content("#answer-count") or "0")
     assert page.text_content("#answer-detail") == f"stopped after {count} words"
 
 
-def test_view_stream_posts_reads_to_done_and_closes(context: BrowserContext, server: Server) -> None:
+def test_view_stream_posts_reads_to_done_and_closes(
+    context: BrowserContext, server: Server
+) -> None:
     """SSEFlask.stream(url, {method: "POST", body}) reads a view's own stream (sse.stream)
     once: the items, then done, then state closed, and no second request."""
     from sse_flask.demo import fake_answer
@@ -622,7 +631,8 @@ def test_view_stream_posts_reads_to_done_and_closes(context: BrowserContext, ser
     assert result["states"] == ["connecting", "open", "closed"]
     assert result["detail"] == {"event": "done", "final": True}
     assert result["done"] == [f'{{"items":{len(words)}}}', str(len(words) + 1)]
-    assert [each for each in requested if "/answer/stream" in each] == [f"POST {server.url}/answer/stream"]
+    posted = [each for each in requested if "/answer/stream" in each]
+    assert posted == [f"POST {server.url}/answer/stream"]
 
 
 def test_view_stream_that_drops_is_not_reopened(context: BrowserContext, server: Server) -> None:

@@ -29,12 +29,21 @@ class Jobs(t.NamedTuple):
     notes: Path
     redis: RedisServer | None
 
-    def start(self, parts: int, pause: float = 0.0, fail: bool = False) -> tuple[str, str, str, str]:
+    def start(
+        self, parts: int, pause: float = 0.0, fail: bool = False
+    ) -> tuple[str, str, str, str]:
         """Start a job; its channel, token, name, and the worker that runs it."""
         name = f"job-{next(_names)}"
-        response = self.server.post("/jobs", json={"name": name, "parts": parts, "pause": pause, "fail": fail})
+        response = self.server.post(
+            "/jobs", json={"name": name, "parts": parts, "pause": pause, "fail": fail}
+        )
         assert response.status_code == 200, response.text
-        return response.json()["channel"], response.json()["token"], name, response.headers["X-Worker"]
+        return (
+            response.json()["channel"],
+            response.json()["token"],
+            name,
+            response.headers["X-Worker"],
+        )
 
     def happened(self) -> list[str]:
         return self.notes.read_text().splitlines() if self.notes.exists() else []
@@ -47,7 +56,12 @@ def jobs_env() -> dict[str, str]:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def jobs(request: pytest.FixtureRequest, serve: t.Callable[..., Server], tmp_path: Path, jobs_env: dict[str, str]) -> Jobs:
+def jobs(
+    request: pytest.FixtureRequest,
+    serve: t.Callable[..., Server],
+    tmp_path: Path,
+    jobs_env: dict[str, str],
+) -> Jobs:
     """jobs_app on one worker with the in-process broker, or on two sharing a Redis."""
     notes = tmp_path / "jobs.log"
     env = {"SSE_HEARTBEAT": "1", "JOBS_LOG": str(notes), **jobs_env}
@@ -57,10 +71,22 @@ def jobs(request: pytest.FixtureRequest, serve: t.Callable[..., Server], tmp_pat
     return Jobs(serve(app=APP, workers=2, broker=redis.url, env=env), notes, redis)
 
 
-def open_job(jobs: Jobs, channel: str, token: str, *, last_event_id: str | None = None, avoid: str | None = None) -> StreamClient:
+def open_job(
+    jobs: Jobs,
+    channel: str,
+    token: str,
+    *,
+    last_event_id: str | None = None,
+    avoid: str | None = None,
+) -> StreamClient:
     """A stream of the job; with ``avoid``, one that another worker than that one serves."""
     for _ in range(40):
-        client = StreamClient(jobs.server.url, channels=[channel], params={"token": token}, last_event_id=last_event_id)
+        client = StreamClient(
+            jobs.server.url,
+            channels=[channel],
+            params={"token": token},
+            last_event_id=last_event_id,
+        )
         assert client.response.status_code == 200, client.response.read()
         if avoid is None or client.response.headers["X-Worker"] != avoid:
             return client
@@ -76,7 +102,9 @@ def test_a_dropped_job_stream_resumes_with_every_part_once(jobs: Jobs) -> None:
     assert [event.data for event in events] == ["part 1", "part 2", "part 3"]
     serving = first.response.headers["X-Worker"]
     first.close()
-    with open_job(jobs, channel, token, last_event_id=events[-1].id, avoid=serving if jobs.redis else None) as resumed:
+    with open_job(
+        jobs, channel, token, last_event_id=events[-1].id, avoid=serving if jobs.redis else None
+    ) as resumed:
         rest = resumed.take(8)
         assert [event.data for event in rest[:-1]] == [f"part {number}" for number in range(4, 11)]
         assert (rest[-1].event, json.loads(rest[-1].data)) == ("done", {"items": 10})
@@ -92,7 +120,10 @@ def test_an_ended_job_streams_from_its_first_event_then_ends(jobs: Jobs) -> None
     with open_job(jobs, channel, token) as client:
         events = client.rest()
     assert [(event.event, event.data) for event in events] == [
-        ("message", "part 1"), ("message", "part 2"), ("message", "part 3"), ("done", '{"items":3}')
+        ("message", "part 1"),
+        ("message", "part 2"),
+        ("message", "part 3"),
+        ("done", '{"items":3}'),
     ]
     # From after the last event: nothing, and the stream ends.
     with open_job(jobs, channel, token, last_event_id=events[-1].id) as client:
@@ -114,10 +145,13 @@ def test_a_busy_channel_does_not_evict_a_jobs_events(jobs: Jobs) -> None:
             for number in range(1000):  # the Redis stream keeps 100 or somewhat more
                 publisher.publish(f"busy {number}")
         kept = jobs.redis.client().xrange("sse_flask:events", "-", "+")
-        assert len(kept) < 1000 and not [entry for entry in kept if entry[1][b"c"] == channel.encode()]
+        assert len(kept) < 1000 and not [
+            entry for entry in kept if entry[1][b"c"] == channel.encode()
+        ]
     with open_job(jobs, channel, token) as client:
-        assert [event.data for event in client.rest()] == [f"part {n}" for n in range(1, 6)] + ['{"items":5}']
-
+        assert [event.data for event in client.rest()] == [f"part {n}" for n in range(1, 6)] + [
+            '{"items":5}'
+        ]
 
 
 def test_a_failing_job_ends_with_a_safe_error(jobs: Jobs) -> None:
@@ -129,7 +163,11 @@ def test_a_failing_job_ends_with_a_safe_error(jobs: Jobs) -> None:
         ("message", "part 2"),
         ("error", '{"error":"the job failed on the server; the details are in the server\'s log"}'),
     ]
-    wait_until(lambda: "RuntimeError: a secret detail of the job" in jobs.server.log(), 5, "the traceback in the log")
+    wait_until(
+        lambda: "RuntimeError: a secret detail of the job" in jobs.server.log(),
+        5,
+        "the traceback in the log",
+    )
 
 
 def test_cancel_closes_the_jobs_generator_at_once_from_anywhere(jobs: Jobs) -> None:
@@ -139,7 +177,11 @@ def test_cancel_closes_the_jobs_generator_at_once_from_anywhere(jobs: Jobs) -> N
         cancel(jobs, channel)
         events = client.rest()
     assert [(event.event, event.data) for event in events] == [("cancelled", '{"items":1}')]
-    wait_until(lambda: jobs.happened() == [f"finally {name}", f"torn down {name}"], 2, "the generator closed at once")
+    wait_until(
+        lambda: jobs.happened() == [f"finally {name}", f"torn down {name}"],
+        2,
+        "the generator closed at once",
+    )
 
 
 def cancel(jobs: Jobs, channel: str) -> None:
@@ -167,8 +209,9 @@ def test_a_jobs_events_go_after_its_retention(jobs: Jobs) -> None:
     wait_until(gone, 10, "the job to be forgotten")
 
 
-
-def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(serve: t.Callable[..., Server], tmp_path: Path) -> None:
+def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(
+    serve: t.Callable[..., Server], tmp_path: Path
+) -> None:
     server = serve(app=APP, env={"JOBS_LOG": str(tmp_path / "jobs.log")})
     response = server.post("/jobs", json={"name": "x", "parts": 1})
     channel, token = response.json()["channel"], response.json()["token"]
@@ -176,13 +219,27 @@ def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(serve: t.Callable
     other = server.post("/jobs", json={"name": "y", "parts": 1}).json()
     answers = {
         "no token": server.get("/events", params={"channel": channel}),
-        "another job's token": server.get("/events", params={"channel": channel, "token": other["token"]}),
-        "beside another channel": server.get("/events", params=[("channel", channel), ("channel", "news"), ("token", token)]),
-        "unknown": server.get("/events", params={"channel": "job:nothing", "token": server.get("/token?channel=job:nothing").text}),
+        "another job's token": server.get(
+            "/events", params={"channel": channel, "token": other["token"]}
+        ),
+        "beside another channel": server.get(
+            "/events", params=[("channel", channel), ("channel", "news"), ("token", token)]
+        ),
+        "unknown": server.get(
+            "/events",
+            params={
+                "channel": "job:nothing",
+                "token": server.get("/token?channel=job:nothing").text,
+            },
+        ),
         "published to": server.post("/say", json={"data": "forged", "channel": channel}),
     }
     assert {why: response.status_code for why, response in answers.items()} == {
-        "no token": 403, "another job's token": 403, "beside another channel": 400, "unknown": 404, "published to": 400
+        "no token": 403,
+        "another job's token": 403,
+        "beside another channel": 400,
+        "unknown": 404,
+        "published to": 400,
     }
     assert "token that start_job gave" in answers["no token"].json()["error"]
     assert "streamed on its own" in answers["beside another channel"].json()["error"]

@@ -48,7 +48,12 @@ class ViewServer(t.NamedTuple):
 
 
 @pytest.fixture(params=SERVERS)
-def view_server(request: pytest.FixtureRequest, serve: t.Callable[..., Server], launch: t.Callable[..., Process], tmp_path: Path) -> ViewServer:
+def view_server(
+    request: pytest.FixtureRequest,
+    serve: t.Callable[..., Server],
+    launch: t.Callable[..., Process],
+    tmp_path: Path,
+) -> ViewServer:
     notes = tmp_path / "happened.log"
     env = {"SSE_HEARTBEAT": str(HEARTBEAT), "VIEWSTREAM_LOG": str(notes)}
     app = "apps.viewstreams:create_app"
@@ -56,15 +61,37 @@ def view_server(request: pytest.FixtureRequest, serve: t.Callable[..., Server], 
         server = serve(app=app, env=env)
         return ViewServer(request.param, server.url, server.log, notes)
     if request.param == "gunicorn -k gevent":
-        command = [sys.executable, "-m", "gunicorn", "-k", "gevent", "--bind", "127.0.0.1:0", "--no-control-socket", f"{app}()"]
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "--bind",
+            "127.0.0.1:0",
+            "--no-control-socket",
+            f"{app}()",
+        ]
         process = launch(command, env=env, listening=r"Listening at: http://127\.0\.0\.1:(\d+)")
     else:
-        command = [sys.executable, "-m", "flask", "--app", app, "run", "--port", "0", "--with-threads"]
+        command = [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            app,
+            "run",
+            "--port",
+            "0",
+            "--with-threads",
+        ]
         process = launch(command, env=env, listening=r"Running on http://127\.0\.0\.1:(\d+)")
     return ViewServer(request.param, process.url, process.log, notes)
 
 
-def read_all(method: str, url: str, **kwargs: t.Any) -> tuple[httpx.Response, list[tuple[float, bytes]]]:
+def read_all(
+    method: str, url: str, **kwargs: t.Any
+) -> tuple[httpx.Response, list[tuple[float, bytes]]]:
     """The whole body, chunk by chunk with the seconds since the request; returns once the
     server has ended the stream."""
     started = time.monotonic()
@@ -91,7 +118,10 @@ def test_heartbeats_while_items_are_slow_then_the_items_then_done(view_server: V
     assert first_item >= 2.4
     # Every heartbeat came while the items slept, none later than a heartbeat apart.
     beats = [at for at, chunk in chunks if b": heartbeat" in chunk]
-    assert all(later - earlier <= HEARTBEAT + 0.75 for earlier, later in zip([0.0, *beats], [*beats, first_item]))
+    assert all(
+        later - earlier <= HEARTBEAT + 0.75
+        for earlier, later in zip([0.0, *beats], [*beats, first_item])
+    )
     assert without_heartbeats(body) == SLOW_BODY
 
 
@@ -123,15 +153,24 @@ def test_an_exception_sends_a_safe_error_and_ends(view_server: ViewServer) -> No
     assert body == (
         b"retry: 3000\n\nid: 1\ndata: before\n\n"
         b"id: 2\nevent: error\n"
-        b'data: {"error":"the stream failed on the server; the details are in the server\'s log"}\n\n'
+        b'data: {"error":"the stream failed on the server; '
+        b"the details are in the server's log\"}\n\n"
     )
-    wait_until(lambda: "RuntimeError: a secret detail of the server" in view_server.log(), 5, "the traceback in the log")
+    wait_until(
+        lambda: "RuntimeError: a secret detail of the server" in view_server.log(),
+        5,
+        "the traceback in the log",
+    )
 
 
-def test_a_departed_client_closes_the_items_and_tears_the_request_down(view_server: ViewServer) -> None:
+def test_a_departed_client_closes_the_items_and_tears_the_request_down(
+    view_server: ViewServer,
+) -> None:
     host, port = view_server.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.sendall(f"GET /forever?pause={PAUSE[view_server.kind]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /forever?pause={PAUSE[view_server.kind]} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    )
     received = b""
     while b"id: 1\n" not in received:
         received += sock.recv(65536)
@@ -141,7 +180,11 @@ def test_a_departed_client_closes_the_items_and_tears_the_request_down(view_serv
     left = time.monotonic()
     sock.close()
     done = [f"finally {resource}", f"teardown_request {resource}", f"released {resource}"]
-    wait_until(lambda: view_server.happened() == [acquired, *done], 10, "the items' finally and the request's teardown")
+    wait_until(
+        lambda: view_server.happened() == [acquired, *done],
+        10,
+        "the items' finally and the request's teardown",
+    )
     took = time.monotonic() - left
     assert took <= CLOSE_BOUND[view_server.kind], f"{took:.2f} s under {view_server.kind}"
 

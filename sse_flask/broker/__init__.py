@@ -54,7 +54,9 @@ class Broker(t.Protocol):
         :raises BrokerUnavailable: if nothing could be published.
         """
 
-    def subscribe_job(self, channel: str, last_event_id: str | None, *, queue_size: int) -> Subscription | None:
+    def subscribe_job(
+        self, channel: str, last_event_id: str | None, *, queue_size: int
+    ) -> Subscription | None:
         """Subscribe to the job ``channel``: its ``replay`` holds every event of the job, or
         those after ``last_event_id`` (all of them after a ``missed`` frame if the id is not
         this broker's), then live delivery follows with no gap and no duplicate; once the
@@ -89,4 +91,6 @@ def make_broker(settings: Settings) -> Broker:
         return MemoryBroker(history=settings.history, job_retention=settings.job_retention)
     from .redis import RedisBroker
 
-    return RedisBroker(settings.broker_url, history=settings.history, job_retention=settings.job_retention)
+    return RedisBroker(
+        settings.broker_url, history=settings.history, job_retention=settings.job_retention
+    )

@@ -58,7 +58,7 @@ class MemoryBroker:
         with self._fanout.lock:
             now = time.monotonic()
             for name, job in list(self._jobs.items()):
-                if job.ended_at is not None and now - job.ended_at > self._job_retention:
+                if self._expired(job, now):
                     del self._jobs[name]
             self._jobs[channel] = _Job(on_cancel)
 
@@ -79,13 +79,15 @@ class MemoryBroker:
                 self._fanout.end_channel(channel, JOB_ENDED)
         return event_id
 
-    def subscribe_job(self, channel: str, last_event_id: str | None, *, queue_size: int) -> Subscription | None:
+    def subscribe_job(
+        self, channel: str, last_event_id: str | None, *, queue_size: int
+    ) -> Subscription | None:
         """Subscribe to the job ``channel`` from its first event, or after ``last_event_id``
         (all of them, after a ``missed``, if that id is not this broker's); ended at once,
         after the replay, if the job has ended. ``None`` if there is no such job here."""
         with self._fanout.lock:
             job = self._jobs.get(channel)
-            if job is None or (job.ended_at is not None and time.monotonic() - job.ended_at > self._job_retention):
+            if job is None or self._expired(job, time.monotonic()):
                 return None
             subscription = self._fanout.new([channel], queue_size)
             if subscription.closed is not None:
@@ -96,7 +98,8 @@ class MemoryBroker:
                 first = job.frames[0][0] if job.frames else self._sequence + 1
                 oldest = f"{self._epoch}-{first}" if job.frames else None
                 data = {"last_event_id": last_event_id, "oldest_retained": oldest}
-                frames.append(encode_event(Event(data=data, event="missed", id=f"{self._epoch}-{first - 1}")))
+                missed = Event(data=data, event="missed", id=f"{self._epoch}-{first - 1}")
+                frames.append(encode_event(missed))
                 subscription.missed = True
                 after = 0
             frames.extend(frame for sequence, frame in job.frames if sequence > after)
@@ -135,6 +138,9 @@ class MemoryBroker:
 
     def close(self) -> None:
         self._fanout.close_all()
+
+    def _expired(self, job: _Job, now: float) -> bool:
+        return job.ended_at is not None and now - job.ended_at > self._job_retention
 
     def _next(self, frame: bytes) -> tuple[str, bytes]:
         """The next id, and ``frame`` with it. The caller holds the fan-out's lock."""

@@ -172,7 +172,9 @@ class RedisBroker:
             self._redis.set(JOB_KEY + channel + ":state", "running", ex=RUNNING_JOB_SECONDS)
         except redis.RedisError as e:
             del self._cancels[channel]
-            raise BrokerUnavailable(f"cannot start a job in Redis at {self._safe_url()}: {e}") from e
+            raise BrokerUnavailable(
+                f"cannot start a job in Redis at {self._safe_url()}: {e}"
+            ) from e
 
     def publish_job(self, channel: str, frame: bytes, *, last: bool = False) -> str:
         """Append ``frame`` to the main stream and to the job's own; after the ``last``
@@ -182,17 +184,20 @@ class RedisBroker:
         if last:
             self._cancels.pop(channel, None)
         keys = [STREAM_KEY, EPOCH_KEY, JOB_KEY + channel, JOB_KEY + channel + ":state"]
-        seconds = self._job_seconds if last else RUNNING_JOB_SECONDS
+        ttl = self._job_seconds if last else RUNNING_JOB_SECONDS
         try:
             epoch, stream_id = self._publish_job(
-                keys=keys, args=[self._maxlen, channel, secrets.token_hex(4), frame, "1" if last else "", seconds]
+                keys=keys,
+                args=[self._maxlen, channel, secrets.token_hex(4), frame, "1" if last else "", ttl],
             )
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
         self.published += 1
         return f"{epoch.decode()}-{stream_id.decode()}"
 
-    def subscribe_job(self, channel: str, last_event_id: str | None, *, queue_size: int) -> Subscription | None:
+    def subscribe_job(
+        self, channel: str, last_event_id: str | None, *, queue_size: int
+    ) -> Subscription | None:
         """Subscribe to the job ``channel``, replaying its own stream (read with the main
         stream's last position in one snapshot, then registered as :meth:`subscribe` does)."""
         import redis
@@ -208,7 +213,9 @@ class RedisBroker:
                 pipe.xinfo_stream(STREAM_KEY)
                 state, epoch, entries, info = pipe.execute()
         except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot read the job from Redis at {self._safe_url()}: {e}") from e
+            raise BrokerUnavailable(
+                f"cannot read the job from Redis at {self._safe_url()}: {e}"
+            ) from e
         if state is None:
             return None
         upto = _parse(_text(info["last-generated-id"])) or (0, 0)
@@ -216,22 +223,30 @@ class RedisBroker:
         missed = None
         if last_event_id is not None:
             given_epoch, _, stream_id = last_event_id.partition("-")
-            after = _parse(stream_id) if epoch is not None and given_epoch == epoch.decode() else None
+            known = epoch is not None and given_epoch == epoch.decode()
+            after = _parse(stream_id) if known else None
             if after is None:
                 first = entries[0][0].decode() if entries else None
                 current = f"{epoch.decode()}-" if epoch is not None else ""
                 missed = encode_event(
                     Event(
-                        data={"last_event_id": last_event_id, "oldest_retained": current + first if first else None},
+                        data={
+                            "last_event_id": last_event_id,
+                            "oldest_retained": current + first if first else None,
+                        },
                         event="missed",
                         id=current + _format(_before(_parse(first) or upto) if first else upto),
                     )
                 )
             else:
-                entries = [entry for entry in entries if (_parse(entry[0].decode()) or (0, 0)) > after]
+                entries = [
+                    entry for entry in entries if (_parse(entry[0].decode()) or (0, 0)) > after
+                ]
         subscription = self._register([channel], queue_size, missed, entries, upto)
-        ended = state == b"ended" or any(b"x" in fields for _, fields in entries if fields[b"c"].decode() == channel)
-        if ended:
+        # The replay has the job's last event if it ended before the reader delivered it here.
+        name = channel.encode()
+        ended = any(b"x" in fields and fields[b"c"] == name for _, fields in entries)
+        if state == b"ended" or ended:
             subscription.close(JOB_ENDED)
         return subscription
 
@@ -241,12 +256,22 @@ class RedisBroker:
         import redis
 
         try:
-            self._publish(keys=[STREAM_KEY, EPOCH_KEY], args=[self._maxlen, _CANCEL, secrets.token_hex(4), channel])
+            self._publish(
+                keys=[STREAM_KEY, EPOCH_KEY],
+                args=[self._maxlen, _CANCEL, secrets.token_hex(4), channel],
+            )
         except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot cancel a job through Redis at {self._safe_url()}: {e}") from e
+            raise BrokerUnavailable(
+                f"cannot cancel a job through Redis at {self._safe_url()}: {e}"
+            ) from e
 
     def _register(
-        self, channels: t.Sequence[str], queue_size: int, missed: bytes | None, replay: list[_Entry], upto: Position | None
+        self,
+        channels: t.Sequence[str],
+        queue_size: int,
+        missed: bytes | None,
+        replay: list[_Entry],
+        upto: Position | None,
     ) -> Subscription:
         """Register a subscription that resumes with ``replay``, read up to ``upto``: the
         entries the reader delivered beyond ``upto`` before it was registered are added to

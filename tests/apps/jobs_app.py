@@ -1,6 +1,6 @@
 """An app that starts jobs, for the live tests of ``sse.start_job``; every answer says which
-worker process gave it (``X-Worker``), so that tests can tell workers apart. Its authorizer lets every channel
-through, which must not open a job's channel without the job's token.
+worker process gave it (``X-Worker``), so that tests can tell workers apart. Its authorizer
+lets every channel through, which must not open a job's channel without the job's token.
 
 - ``POST /jobs`` with JSON ``{"name": ..., "parts": N, "pause": S, "fail": bool}``: a job
   yielding ``part 1`` ... ``part N``, S seconds apart (raising after them if ``fail``);
@@ -60,7 +60,13 @@ def create_app() -> Flask:
     @app.post("/jobs")
     def start() -> dict[str, t.Any]:
         body = request.get_json()
-        job = sse.start_job(parts, body["name"], int(body["parts"]), float(body.get("pause", 0)), bool(body.get("fail")))
+        job = sse.start_job(
+            parts,
+            body["name"],
+            int(body["parts"]),
+            float(body.get("pause", 0)),
+            bool(body.get("fail")),
+        )
         return {"channel": job.channel, "token": job.token}
 
     @app.post("/jobs/cancel")
