@@ -16,13 +16,13 @@ from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .broker import Broker, make_broker
+from .broker.fanout import Fanout
 from .config import Settings, load_settings
 from .errors import DataTooLarge, InvalidChannel, InvalidToken
 from .events import Event, check_field, encode_data, encode_event
 from .jobs import JOB_PREFIX, Job, is_job, start_job
 from .jobs import TOKEN_SECONDS as JOB_TOKEN_SECONDS
 from .metrics import metrics
-from .viewstream import close_all as close_view_streams
 from .viewstream import stream_items
 
 __all__ = ["SSE"]
@@ -127,7 +127,7 @@ class SSE:
         .. versionadded:: 0.2
         """
         state = self._state()
-        return stream_items(items, settings=state.settings, slots=state)
+        return stream_items(items, settings=state.settings, slots=state, fanout=state.views)
 
     def start_job(self, function: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any) -> Job:
         """Call ``function(*args, **kwargs)`` apart from the request (a greenlet under
@@ -233,6 +233,8 @@ class _State:
     sse: SSE
     settings: Settings
     broker: Broker
+    #: The app's view streams (``sse.stream``), each on a channel of its own.
+    views: Fanout = dataclasses.field(default_factory=Fanout)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _streams: int = 0
     _by_address: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -352,4 +354,4 @@ def close_all_streams() -> None:
     """
     for state in list(_STATES):
         state.broker.close()
-    close_view_streams()
+        state.views.close_all()

@@ -5,7 +5,8 @@ otherwise), apart from the writer, so that the writer keeps sending heartbeats w
 items are slow to come (a model that has not produced its first token yet). The writer is
 the same :class:`~sse_flask.stream.EventStream` that ``/events`` uses: heartbeats, gzip,
 the gevent worker's direct writes and the watch on the client's socket all come with it.
-Each view stream is one subscription of a fan-out of its own, which the task delivers to.
+Each view stream is a subscription, on a channel of its own, of the app's fan-out of view
+streams, which the task delivers to.
 
 The task runs inside the view's app and request contexts, pushed again as Flask's
 ``stream_with_context`` does, and pops them when the items end or the client leaves, so
@@ -40,7 +41,7 @@ from .tasks import DONE, ERROR, Task
 if t.TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["FAILED", "FAILED_MESSAGE", "FINISHED", "close_all", "stream_items"]
+__all__ = ["FAILED", "FAILED_MESSAGE", "FINISHED", "stream_items"]
 
 #: Why a view stream ended, in the log.
 FINISHED = "items exhausted"
@@ -48,8 +49,6 @@ FAILED = "items raised an error"
 #: What a client is told when the items raise: the details go to the log only.
 FAILED_MESSAGE = "the stream failed on the server; the details are in the server's log"
 
-#: Every view stream of this process, each on a channel of its own.
-_FANOUT = Fanout()
 _numbers = itertools.count(1)
 
 
@@ -60,8 +59,13 @@ class Slots(t.Protocol):
     def release_stream(self, address: str) -> None: ...
 
 
-def stream_items(items: t.Iterable[t.Any], *, settings: Settings, slots: Slots) -> Response:
+def stream_items(
+    items: t.Iterable[t.Any], *, settings: Settings, slots: Slots, fanout: Fanout
+) -> Response:
     """Answer the current request with one event per item of ``items``, then ``done``.
+
+    :param fanout: the app's fan-out of view streams, where each has a channel of its own
+        (made when the app is set up, after gevent has patched, as its locks must be).
 
     :raises RuntimeError: outside a request.
     """
@@ -77,8 +81,8 @@ def stream_items(items: t.Iterable[t.Any], *, settings: Settings, slots: Slots) 
         response.headers["Retry-After"] = str(max(1, settings.retry_ms // 1000))
         return response
     key = f"{request.method} {request.path} #{next(_numbers)}"
-    with _FANOUT.lock:
-        subscription = _FANOUT.new([key], settings.queue_size)
+    with fanout.lock:
+        subscription = fanout.new([key], settings.queue_size)
     numbers = itertools.count(1)
 
     def deliver(frame: bytes) -> bool:
@@ -87,8 +91,8 @@ def stream_items(items: t.Iterable[t.Any], *, settings: Settings, slots: Slots) 
             if task.cancelled or subscription.closed is not None:
                 return False
             time.sleep(WRITE_INTERVAL)
-        with _FANOUT.lock:
-            _FANOUT.deliver(key, frame)
+        with fanout.lock:
+            fanout.deliver(key, frame)
         return subscription.closed is None
 
     def emit(item: t.Any) -> bool:
@@ -133,11 +137,6 @@ def stream_items(items: t.Iterable[t.Any], *, settings: Settings, slots: Slots) 
         on_open=task.start,
     )
     return stream_response(body, negotiated=settings.compress)
-
-
-def close_all() -> None:
-    """End every view stream of this process: the worker is stopping."""
-    _FANOUT.close_all()
 
 
 def _frame(item: t.Any, number: int) -> bytes:

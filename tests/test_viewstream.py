@@ -5,6 +5,8 @@ each started by the test on an ephemeral port, serving ``tests/apps/viewstreams.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import sys
 import time
@@ -194,3 +196,44 @@ def test_stream_outside_a_request_says_where_to_call_it() -> None:
     sse = SSE(app)
     with app.app_context(), pytest.raises(RuntimeError, match="call it in a view"):
         sse.stream(["x"])
+
+
+def test_concurrent_streams_from_the_start_each_get_their_own_items(
+    view_server: ViewServer,
+) -> None:
+    """Twenty streams asked for at once on a fresh server, each its own items: nothing in the
+    view streams' set-up may block the worker (a lock made before gevent patched would)."""
+    host, port = view_server.url.removeprefix("http://").split(":")
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.create_connection((host, int(port)), timeout=10))
+            for _ in range(20)
+        ]
+        ask_and_check(socks)
+
+
+def ask_and_check(socks: list[socket.socket]) -> None:
+    """Ask each socket for its own words, then check that each got them, then done."""
+    for number, sock in enumerate(socks):
+        body = json.dumps({"words": [f"{number}-{each}" for each in range(20)]}).encode()
+        head = f"POST /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    for number, sock in enumerate(socks):
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        expected = "".join(f"id: {i + 1}\ndata: {number}-{i}\n\n" for i in range(20)).encode()
+        assert expected + b'id: 21\nevent: done\ndata: {"items":20}\n\n' in dechunk(received)
+
+
+def dechunk(response: bytes) -> bytes:
+    """The body of an HTTP/1.1 response, chunked or ended by the close."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return body
+    out = b""
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        length = int(size, 16)
+        out, body = out + rest[:length], rest[length + 2 :]
+    return out
