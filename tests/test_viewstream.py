@@ -216,8 +216,9 @@ def ask_and_check(socks: list[socket.socket]) -> None:
     """Ask each socket for its own words, then check that each got them, then done."""
     for number, sock in enumerate(socks):
         body = json.dumps({"words": [f"{number}-{each}" for each in range(20)]}).encode()
-        head = f"POST /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = "POST /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
     for number, sock in enumerate(socks):
         received = b""
         while chunk := sock.recv(65536):
