@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import re
@@ -123,8 +124,6 @@ class SSE:
                 return sse.stream(generate_answer(request.get_json()["prompt"]))
 
         :raises RuntimeError: outside a request.
-
-        .. versionadded:: 0.2
         """
         state = self._state()
         return stream_items(items, settings=state.settings, slots=state, fanout=state.views)
@@ -150,12 +149,12 @@ class SSE:
 
         :raises RuntimeError: if the app has no ``SECRET_KEY`` (the token is signed with it).
         :raises BrokerUnavailable: if the broker cannot be reached: the job did not start.
-
-        .. versionadded:: 0.2
         """
         app = self._app()
         state = t.cast(_State, app.extensions["sse"])
-        with app.app_context():
+        # The token is signed with the app's SECRET_KEY; a new app context only outside
+        # one, since leaving it would run the app's teardown in the middle of a request.
+        with contextlib.nullcontext() if has_app_context() else app.app_context():
             return start_job(
                 function,
                 args,
@@ -173,8 +172,6 @@ class SSE:
 
         :raises InvalidChannel: if ``channel`` is not a job's.
         :raises BrokerUnavailable: if the broker cannot be reached.
-
-        .. versionadded:: 0.2
         """
         if not is_job(check_channel(channel)):
             raise InvalidChannel(

@@ -60,6 +60,7 @@ class Task:
         self._in_items = False
         self._greenlet: t.Any = None
         self._hub: t.Any = None
+        self._thread: t.Callable[[], int] = threading.get_ident
 
     def start(self) -> None:
         """Start running, in a greenlet under gevent, else in a daemon thread."""
@@ -68,6 +69,7 @@ class Task:
             import gevent
 
             self._hub = gevent.get_hub()
+            self._thread = monkey.get_original("_thread", "get_ident")
             self._greenlet = gevent.spawn(self._run)
         else:
             threading.Thread(target=self._run, name=self.name, daemon=True).start()
@@ -80,7 +82,11 @@ class Task:
         if self.cancelled:
             return
         self.cancelled = True
-        if self._hub is not None:
+        if self._hub is None:
+            return
+        if self._thread() == self._hub.thread_ident:
+            self._hub.loop.run_callback(self._interrupt)
+        else:
             self._hub.loop.run_callback_threadsafe(self._interrupt)
 
     def _interrupt(self) -> None:
