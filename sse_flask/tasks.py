@@ -61,6 +61,7 @@ class Task:
         self._greenlet: t.Any = None
         self._hub: t.Any = None
         self._thread: t.Callable[[], int] = threading.get_ident
+        self._current: t.Callable[[], t.Any] = threading.current_thread
 
     def start(self) -> None:
         """Start running, in a greenlet under gevent, else in a daemon thread."""
@@ -70,6 +71,7 @@ class Task:
 
             self._hub = gevent.get_hub()
             self._thread = monkey.get_original("_thread", "get_ident")
+            self._current = gevent.getcurrent
             self._greenlet = gevent.spawn(self._run)
         else:
             threading.Thread(target=self._run, name=self.name, daemon=True).start()
@@ -84,14 +86,22 @@ class Task:
         self.cancelled = True
         if self._hub is None:
             return
-        if self._thread() == self._hub.thread_ident:
-            self._hub.loop.run_callback(self._interrupt)
-        else:
+        if self._thread() != self._hub.thread_ident:
             self._hub.loop.run_callback_threadsafe(self._interrupt)
+            return
+        current = self._current()
+        if current is self._hub:
+            self._interrupt()
+        elif self._in_items and not self._greenlet.dead:
+            # At once, from this greenlet (a stream whose client left): the hub switches
+            # back here once the items have been closed and the task waits or ends, rather
+            # than after every other greenlet it has to wake first.
+            self._hub.loop.run_callback(current.switch)
+            self._greenlet.throw(GeneratorExit)
 
     def _interrupt(self) -> None:
-        # Runs in the hub. Only into the items' own code: an exception landing in the
-        # task's publishing or clean-up could leave a connection half used.
+        # In the hub. Only into the items' own code: an exception landing in the task's
+        # publishing or clean-up could leave a connection half used.
         if self._in_items and not self._greenlet.dead:
             self._greenlet.throw(GeneratorExit)
 
