@@ -42,11 +42,12 @@ ROWS = ["sse-flask", "sse-starlette", "FastAPI"]
 
 def server_argv(row: str, port: int) -> list[str]:
     if row == "sse-flask":
-        return [sys.executable, "-m", "sse_flask", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                "--app", "viewstream_flask:create_app"]  # fmt: skip
-    app = "viewstream_asgi:starlette_app" if row == "sse-starlette" else "viewstream_asgi:fastapi_app"
-    return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-            "--log-level", "warning", "--no-access-log", "--backlog", "4096"]  # fmt: skip
+        return [sys.executable, "-m", "sse_flask", "serve", "--bind", f"127.0.0.1:{port}",
+                "--workers", "1", "--app", "viewstream_flask:create_app"]  # fmt: skip
+    app = "viewstream_asgi:" + ("starlette_app" if row == "sse-starlette" else "fastapi_app")
+    return [sys.executable, "-m", "uvicorn", app, "--port", str(port), "--loop", "uvloop",
+            "--http", "httptools", "--log-level", "warning", "--no-access-log",
+            "--backlog", "4096"]  # fmt: skip
 
 
 def start_server(row: str, log: Path) -> tuple[procs.Proc, int, list[int]]:
@@ -89,13 +90,16 @@ async def read_stream(port: int, path: str, latencies: list[float] | None) -> in
 async def throughput(port: int, streams: int, count: int) -> dict[str, float]:
     latencies: list[float] = []
     started = time.monotonic()
-    counts = await asyncio.gather(*(read_stream(port, f"/items?n={count}", latencies) for _ in range(streams)))
+    path = f"/items?n={count}"
+    counts = await asyncio.gather(*(read_stream(port, path, latencies) for _ in range(streams)))
     elapsed = time.monotonic() - started
     latencies.sort()
     return {
         "items": sum(counts),
         "items_per_second": sum(counts) / elapsed,
-        "p99_latency_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan"),
+        "p99_latency_ms": latencies[int(len(latencies) * 0.99)] * 1000
+        if latencies
+        else float("nan"),
     }
 
 
@@ -165,7 +169,11 @@ def table(results: dict[str, dict[str, float]], streams: int, count: int) -> str
     lines = [
         f"{streams:,} concurrent streams x {count} items; each server on one core",
         "",
-        "| figure | " + " | ".join(results) + " | " + " | ".join(f"sse-flask vs {peer}" for peer in peers) + " |",
+        "| figure | "
+        + " | ".join(results)
+        + " | "
+        + " | ".join(f"sse-flask vs {peer}" for peer in peers)
+        + " |",
         "|---" * (1 + len(results) + len(peers)) + "|",
     ]
     for label, key, fmt, higher in rows:
@@ -178,17 +186,27 @@ def table(results: dict[str, dict[str, float]], streams: int, count: int) -> str
             return f"{(ours / theirs if higher else theirs / ours):.2f}x"
 
         cells = [fmt.format(results[row][key] * scale) for row in results]
-        lines.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratio(peer) for peer in peers) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(ratio(peer) for peer in peers)
+            + " |"
+        )
     lines.append("")
     lines.append("Ratios: how many times better sse-flask is (above 1x: ahead).")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--items", type=int, default=100)
-    parser.add_argument("--only", default=",".join(ROWS), help="comma-separated rows, sse-flask first")
+    parser.add_argument(
+        "--only", default=",".join(ROWS), help="comma-separated rows, sse-flask first"
+    )
     parser.add_argument("--logs", type=Path, default=Path("/tmp/sse-flask-viewstream-bench"))
     args = parser.parse_args()
     args.logs.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,14 @@ with the in-process broker and with Redis and two workers. The app is tests/apps
 from __future__ import annotations
 
 import itertools
+import time
 import json
 import typing as t
 from pathlib import Path
 
 import pytest
 import requests
-from flask import Flask
+from flask import Flask, g
 
 from conftest import RedisServer, Server, StreamClient, wait_until
 from sse_flask import SSE
@@ -246,3 +247,36 @@ def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(
     assert "only the job publishes" in answers["published to"].json()["error"]
     assert all(isinstance(response.json()["error"], str) for response in answers.values())
     assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+def test_on_threads_a_job_runs_in_a_thread_and_cancels_at_its_next_step() -> None:
+    """Without gevent the job runs in a thread, in an app context whose teardown runs at its
+    end; a cancel closes its generator when the step running returns."""
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "tests-only secret"
+    sse = SSE(app)
+    happened: list[str] = []
+    app.teardown_appcontext(lambda error: happened.extend(["torn down"] if "job" in g else []))
+
+    def ticks() -> t.Iterator[int]:
+        g.job = True
+        try:
+            for number in itertools.count(1):
+                yield number
+                time.sleep(0.05)
+        finally:
+            happened.append("finally")
+
+    with app.app_context():
+        job = sse.start_job(ticks)
+    broker = app.extensions["sse"].broker
+    subscription = broker.subscribe_job(job.channel, None, queue_size=1000)
+    received = b""
+    while b"data: 3\n" not in received:
+        received += subscription.wait(5) or b"".join(subscription.replay)
+        subscription.replay = []
+    job.cancel()
+    wait_until(lambda: subscription.closed is not None, 2, "the job to end")
+    received += subscription.wait(0)
+    assert b"event: cancelled\n" in received
+    assert happened == ["finally", "torn down"]

@@ -46,7 +46,11 @@ async def closed(request: Request) -> JSONResponse:
 
 
 starlette_app = Starlette(
-    routes=[Route("/items", starlette_items), Route("/hold", starlette_hold), Route("/closed", closed)]
+    routes=[
+        Route("/items", starlette_items),
+        Route("/hold", starlette_hold),
+        Route("/closed", closed),
+    ]
 )
 
 fastapi_app = FastAPI()
