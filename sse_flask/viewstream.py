@@ -33,7 +33,7 @@ import typing as t
 from flask import Response, has_request_context, jsonify, request
 from flask.globals import app_ctx, request_ctx
 
-from .broker.fanout import WRITE_INTERVAL, Fanout
+from .broker.fanout import CLIENT, WRITE_INTERVAL, Fanout
 from .events import Event, encode_event
 from .stream import EventStream, stream_response
 from .tasks import DONE, ERROR, Task
@@ -107,7 +107,8 @@ def stream_items(
                     Event(data={"error": FAILED_MESSAGE}, event="error", id=str(next(numbers)))
                 )
             )
-        subscription.close(FINISHED if outcome == DONE else FAILED)
+        # Cancelled: the stream has ended already (its client left, or the worker stops).
+        subscription.close(FINISHED if outcome == DONE else FAILED if outcome == ERROR else CLIENT)
 
     contexts = (
         t.cast(t.Any, app_ctx)._get_current_object(),
