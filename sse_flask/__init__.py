@@ -12,9 +12,19 @@
 
 from __future__ import annotations
 
-from .errors import BrokerUnavailable, ConfigError, DataTooLarge, InvalidChannel, InvalidInput, InvalidToken, SSEError
+from .errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DataTooLarge,
+    InvalidChannel,
+    InvalidInput,
+    InvalidToken,
+    SSEError,
+    UnknownJob,
+)
 from .events import Event, encode_comment, encode_event
 from .extension import SSE
+from .jobs import Job
 
 __version__ = "0.1.0"
 
@@ -26,8 +36,10 @@ __all__ = [
     "InvalidChannel",
     "InvalidInput",
     "InvalidToken",
+    "Job",
     "SSE",
     "SSEError",
+    "UnknownJob",
     "encode_comment",
     "encode_event",
 ]

@@ -18,13 +18,14 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken
+from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken, UnknownJob
 from .events import DEFAULT_EVENT
 from .extension import DEFAULT_CHANNEL, _State, check_channel
+from .jobs import subscribe
 from .metrics import exposition, metrics
 from .resources import resource_dir
 from .servers import stream_limit
-from .stream import EventStream
+from .stream import EventStream, stream_response
 
 if t.TYPE_CHECKING:
     from .config import Settings
@@ -35,12 +36,6 @@ log = logging.getLogger("sse_flask")
 
 blueprint = Blueprint("sse", __name__)
 
-_STREAM_HEADERS = {
-    "Cache-Control": "no-cache",
-    # nginx buffers proxied responses unless told not to, which would hold events back.
-    "X-Accel-Buffering": "no",
-    # No "Connection" header: it is hop-by-hop, and PEP 3333 forbids applications to set it.
-}
 _hellos = itertools.count(1)
 
 
@@ -69,7 +64,9 @@ def events() -> Response:
     compress = settings.compress and request.accept_encodings["gzip"] > 0
     release = functools.partial(state.release_stream, address)
     try:
-        subscription = state.broker.subscribe(channels, last_event_id, queue_size=settings.queue_size)
+        subscription = subscribe(
+            state.broker, channels, last_event_id, queue_size=settings.queue_size
+        )
     except BaseException:
         release()
         raise
@@ -88,16 +85,7 @@ def events() -> Response:
         environ=request.environ,
         on_close=release,
     )
-    # direct_passthrough: the server iterates the stream itself, without werkzeug's two
-    # wrapping generators around each chunk (the stream yields bytes, and closes itself).
-    response = Response(
-        stream, headers=_STREAM_HEADERS, content_type="text/event-stream; charset=utf-8", direct_passthrough=True
-    )
-    if settings.compress:
-        response.vary.add("Accept-Encoding")
-        if compress:
-            response.content_encoding = "gzip"
-    return response
+    return stream_response(stream, negotiated=settings.compress)
 
 
 @blueprint.route("/say", methods=["GET", "POST"])
@@ -178,6 +166,11 @@ def _too_large(e: DataTooLarge) -> Response:
 def _invalid(e: ValueError) -> Response:
     # InvalidInput from the extension, and ValueError from the encoder (event types).
     return _error(400, str(e))
+
+
+@blueprint.errorhandler(UnknownJob)
+def _unknown_job(e: UnknownJob) -> Response:
+    return _error(404, str(e))
 
 
 @blueprint.errorhandler(BrokerUnavailable)

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_CORS_ORIGINS": None,
     "SSE_PRIVATE_PREFIXES": "user:",
     "SSE_COMPRESS": False,
+    "SSE_JOB_RETENTION": 300,
 }
 
 _BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -57,6 +58,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     private_prefixes: tuple[str, ...] = ("user:",)
     compress: bool = False
+    job_retention: float = 300.0
 
 
 def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> Settings:
@@ -156,4 +158,5 @@ _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
     "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
     "SSE_COMPRESS": (_flag, "true or false (1/0, yes/no, on/off)"),
+    "SSE_JOB_RETENTION": (_number(0, integer=False), "a number of seconds, 0 or more"),
 }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import time
+import typing as t
 
 from flask import Flask, Request, Response, jsonify, render_template, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
@@ -25,6 +27,33 @@ __all__ = ["create_app"]
 #: How long an inbox token lasts, and the longest ``?seconds=`` may ask for. Short, so that
 #: the page shows a renewal; a real app picks what revoking access may take at most.
 INBOX_TOKEN_SECONDS = 600
+#: The fake model's pace: a pause before the first word, then one between words.
+THINKING_SECONDS = 0.8
+WORD_SECONDS = 0.12
+#: The longest question the answer panel takes.
+MAX_QUESTION = 500
+
+
+def fake_answer(question: str) -> list[str]:
+    """The words the demo's fake model answers ``question`` with: always the same ones for
+    the same question, so that a page can check it got every word once, in order."""
+    text = (
+        f"You asked: {question} Here is a made-up answer, streamed word by word as a job that "
+        "runs apart from your request. Press the drop button while it streams: the page "
+        "loses its connection, reconnects with the id of the last word it has, and the server "
+        "replays exactly what it missed, so no word is repeated and none is lost. The job "
+        "keeps going meanwhile, and its words stay on the server for a while after the end."
+    )
+    return text.split()
+
+
+def fake_model(question: str) -> t.Iterator[str]:
+    """Stand-in for a language model: thinks a little, then yields ``fake_answer`` word by
+    word, with a pause between words."""
+    time.sleep(THINKING_SECONDS)
+    for word in fake_answer(question):
+        yield word
+        time.sleep(WORD_SECONDS)
 
 
 class _CookieSessionsOnDemand(SecureCookieSessionInterface):
@@ -110,4 +139,50 @@ def create_app() -> Flask:
             return jsonify(error=f"nothing was sent: {e}"), 503
         return jsonify(id=event_id, channel=channel, event="message")
 
+    @app.post("/answer")
+    def answer() -> Response | tuple[Response, int]:
+        """Start the fake model on ``{"question": ...}`` as a job: ``{"channel", "token"}``.
+        The page opens ``/events`` with both; the words arrive as events, then ``done``."""
+        question = _question()
+        if question is None:
+            return _no_question()
+        job = sse.start_job(fake_model, question)
+        return jsonify(channel=job.channel, token=job.token)
+
+    @app.post("/answer/cancel")
+    def cancel_answer() -> Response | tuple[Response, int]:
+        """Stop the job of ``{"channel": ...}``: its stream ends with ``cancelled``."""
+        body = request.get_json(silent=True)
+        channel = body.get("channel") if isinstance(body, dict) else None
+        if not isinstance(channel, str):
+            return jsonify(error='send JSON {"channel": "job:..."}'), 400
+        try:
+            sse.cancel_job(channel)
+        except ValueError as e:
+            return jsonify(error=str(e)), 400
+        return jsonify(cancelled=channel)
+
+    @app.route("/answer/stream", methods=["GET", "POST"])
+    def answer_stream() -> Response | tuple[Response, int]:
+        """The same answer as this request's own stream (``sse.stream``): nothing to resume.
+        ``curl -N '.../answer/stream?question=hi'``, or POST JSON as to ``/answer``."""
+        question = _question()
+        if question is None:
+            return _no_question()
+        return sse.stream(fake_model(question))
+
     return app
+
+
+def _no_question() -> tuple[Response, int]:
+    message = f'send JSON {{"question": "..."}} or ?question= with 1 to {MAX_QUESTION} characters'
+    return jsonify(error=message), 400
+
+
+def _question() -> str | None:
+    """The question of a JSON body or of ``?question=``; ``None`` if missing or too long."""
+    body = request.get_json(silent=True) if request.method == "POST" else None
+    question = body.get("question") if isinstance(body, dict) else request.args.get("question")
+    if not isinstance(question, str) or not 0 < len(question.strip()) <= MAX_QUESTION:
+        return None
+    return question.strip()

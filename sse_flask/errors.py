@@ -8,6 +8,7 @@
     │   ├── InvalidChannel     a channel name outside A-Z a-z 0-9 _ . : @ -, 1 to 128 long
     │   └── DataTooLarge       data over SSE_MAX_DATA_BYTES: HTTP 413
     ├── InvalidToken           a subscribe token forged, malformed or expired: HTTP 403
+    ├── UnknownJob             a job's channel that the broker does not keep: HTTP 404
     └── BrokerUnavailable      the broker (Redis) cannot be reached: HTTP 503
 
 Event types and ids with CR, LF or NUL raise a plain :class:`ValueError` from
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidInput",
     "InvalidToken",
     "SSEError",
+    "UnknownJob",
 ]
 
 
@@ -49,6 +51,11 @@ class DataTooLarge(InvalidInput):
 
 class InvalidToken(SSEError):
     """A subscribe token is forged, malformed or expired."""
+
+
+class UnknownJob(SSEError):
+    """No job of that channel is kept: it ended over ``SSE_JOB_RETENTION`` seconds ago,
+    or ran on a worker that has stopped (with the in-process broker)."""
 
 
 class BrokerUnavailable(SSEError):

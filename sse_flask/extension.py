@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import re
@@ -12,14 +13,18 @@ import typing as t
 import weakref
 
 import itsdangerous
-from flask import Flask, current_app, has_app_context
+from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .broker import Broker, make_broker
+from .broker.fanout import Fanout
 from .config import Settings, load_settings
 from .errors import DataTooLarge, InvalidChannel, InvalidToken
 from .events import Event, check_field, encode_data, encode_event
+from .jobs import JOB_PREFIX, Job, is_job, start_job
+from .jobs import TOKEN_SECONDS as JOB_TOKEN_SECONDS
 from .metrics import metrics
+from .viewstream import stream_items
 
 __all__ = ["SSE"]
 
@@ -61,7 +66,8 @@ class SSE:
         ``SSE_BROKER_URL``, ``SSE_HEARTBEAT``, ``SSE_RETRY_MS``, ``SSE_HISTORY``,
         ``SSE_QUEUE_SIZE``, ``SSE_MAX_DATA_BYTES``, ``SSE_MAX_CONNECTIONS``,
         ``SSE_MAX_STREAMS_PER_ADDRESS``, ``SSE_MAX_STREAM_SECONDS``, ``SSE_PUBLISH_TOKEN``,
-        ``SSE_OPEN_PUBLISH``, ``SSE_CORS_ORIGINS`` and ``SSE_PRIVATE_PREFIXES``.
+        ``SSE_OPEN_PUBLISH``, ``SSE_CORS_ORIGINS``, ``SSE_PRIVATE_PREFIXES`` and
+        ``SSE_JOB_RETENTION``.
 
         :raises ConfigError: if a setting has a value that is not allowed.
         :raises RuntimeError: if ``app`` already has an SSE extension.
@@ -100,6 +106,81 @@ class SSE:
         """
         return self._state().publish(data, event, channel)
 
+    def stream(self, items: t.Iterable[t.Any]) -> Response:
+        """Answer the current request with an event stream of its own: one event per item
+        of ``items``, then ``event: done``.
+
+        A :class:`str` is sent as it is, an :class:`~sse_flask.Event` as given, any other
+        value as compact JSON; ids are ``1``, ``2``, ... unless an ``Event`` has its own.
+        ``items`` runs apart from the writer (a greenlet under gevent, a thread otherwise)
+        inside the view's request context, so heartbeats go out while it produces nothing.
+        An exception in it sends ``event: error`` with ``{"error": "..."}`` (the traceback
+        goes to the log). When the client goes away, ``items`` is closed (``GeneratorExit``
+        in a generator) and the request's teardown runs: at once under gevent, at the
+        latest at the next heartbeat elsewhere (on threads, once the step running returns).
+
+        ::
+
+            @app.post("/ask")
+            def ask():
+                return sse.stream(generate_answer(request.get_json()["prompt"]))
+
+        :raises RuntimeError: outside a request.
+        """
+        state = self._state()
+        return stream_items(items, settings=state.settings, slots=state, fanout=state.views)
+
+    def start_job(self, function: t.Callable[..., t.Any], /, *args: t.Any, **kwargs: t.Any) -> Job:
+        """Call ``function(*args, **kwargs)`` apart from the request (a greenlet under
+        gevent, a thread otherwise, inside an app context of its own) and publish each item
+        it yields to the job's private channel, then ``event: done`` (or ``error``, or
+        ``cancelled``).
+
+        Hand :attr:`Job.channel` and :attr:`Job.token` to the page, which opens
+        ``/events?channel=<channel>&token=<token>``: the stream starts at the job's first
+        event (or after ``Last-Event-ID``) and ends after its last, and a client that
+        drops resumes with every event exactly once. The events are kept until
+        ``SSE_JOB_RETENTION`` seconds after the job ends, whatever ``SSE_HISTORY`` is.
+
+        ::
+
+            @app.post("/jobs")
+            def start():
+                job = sse.start_job(generate_answer, request.get_json()["prompt"])
+                return {"channel": job.channel, "token": job.token}
+
+        :raises RuntimeError: if the app has no ``SECRET_KEY`` (the token is signed with it).
+        :raises BrokerUnavailable: if the broker cannot be reached: the job did not start.
+        """
+        app = self._app()
+        state = t.cast(_State, app.extensions["sse"])
+        # The token is signed with the app's SECRET_KEY; a new app context only outside
+        # one, since leaving it would run the app's teardown in the middle of a request.
+        with contextlib.nullcontext() if has_app_context() else app.app_context():
+            return start_job(
+                function,
+                args,
+                kwargs,
+                app=app,
+                broker=state.broker,
+                frame=state.frame,
+                token=lambda channel: self.subscribe_token(channel, expires_in=JOB_TOKEN_SECONDS),
+            )
+
+    def cancel_job(self, channel: str) -> None:
+        """Cancel the job of ``channel`` wherever it runs (with the Redis broker, in any
+        worker or host): its generator is closed and the job ends with ``cancelled``.
+        Nothing happens if it has ended already.
+
+        :raises InvalidChannel: if ``channel`` is not a job's.
+        :raises BrokerUnavailable: if the broker cannot be reached.
+        """
+        if not is_job(check_channel(channel)):
+            raise InvalidChannel(
+                f"{channel!r:.140} is not a job's channel (they start with {JOB_PREFIX!r})"
+            )
+        self._state().broker.cancel_job(channel)
+
     def authorizer(self, function: Authorizer) -> Authorizer:
         """Register ``function(channel) -> bool``, called in the request context of each
         ``/events`` request for each channel it asks for; ``False`` answers 403.
@@ -127,14 +208,18 @@ class SSE:
         return str(self._state().token_serializer().dumps({"c": list(channels), "e": time.time() + expires_in}))
 
     def _state(self) -> _State:
+        return t.cast(_State, self._app().extensions["sse"])
+
+    def _app(self) -> Flask:
+        """The current app, or outside an app context the one this extension is set up on."""
         if has_app_context():
             state = current_app.extensions.get("sse")
             if state is None or state.sse is not self:
                 raise RuntimeError("this SSE extension is not set up on the current app; call init_app(app) first")
-            return t.cast(_State, state)
+            return t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         apps = list(self._apps)
         if len(apps) == 1:
-            return t.cast(_State, apps[0].extensions["sse"])
+            return apps[0]
         if not apps:
             raise RuntimeError("this SSE extension has no app; call init_app(app) first")
         raise RuntimeError("this SSE extension serves several apps; publish inside 'with app.app_context():'")
@@ -147,6 +232,8 @@ class _State:
     sse: SSE
     settings: Settings
     broker: Broker
+    #: The app's view streams (``sse.stream``), each on a channel of its own.
+    views: Fanout = dataclasses.field(default_factory=Fanout)
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _streams: int = 0
     _by_address: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -154,6 +241,22 @@ class _State:
     def publish(self, data: t.Any, event: str | None, channel: str | None) -> str:
         """Validate, encode once, and hand the frame to the broker."""
         channel = check_channel(DEFAULT_CHANNEL if channel is None else channel)
+        if is_job(channel):
+            raise InvalidChannel(f"channel {channel!r} is a job's: only the job publishes to it")
+        frame = self.frame(data, event)
+        started = time.perf_counter()
+        event_id = self.broker.publish(channel, frame)
+        figures = metrics()
+        figures.publish_seconds.observe(time.perf_counter() - started)
+        figures.published.inc()
+        return event_id
+
+    def frame(self, data: t.Any, event: str | None) -> bytes:
+        """``data`` and ``event`` checked and encoded as one frame, without an id.
+
+        :raises ValueError: if the event type or the data is not allowed.
+        :raises DataTooLarge: if the encoded data is over ``SSE_MAX_DATA_BYTES``.
+        """
         if event is not None:
             check_field("event type", event)
         text = encode_data(data)
@@ -162,13 +265,7 @@ class _State:
             raise DataTooLarge(
                 f"data is {size} bytes encoded as UTF-8, over the limit of {self.settings.max_data_bytes} (SSE_MAX_DATA_BYTES)"
             )
-        frame = encode_event(Event(data=text, event=event))
-        started = time.perf_counter()
-        event_id = self.broker.publish(channel, frame)
-        figures = metrics()
-        figures.publish_seconds.observe(time.perf_counter() - started)
-        figures.published.inc()
-        return event_id
+        return encode_event(Event(data=text, event=event))
 
     def token_serializer(self) -> itsdangerous.URLSafeSerializer:
         secret = current_app.secret_key if has_app_context() else None
@@ -195,6 +292,11 @@ class _State:
     def refusal(self, channel: str, grant: Grant | None) -> str | None:
         """Why the current request, holding ``grant``, may not subscribe to ``channel``;
         ``None`` if it may."""
+        if is_job(channel):
+            # Whatever the authorizer says: the token from start_job is the only way in.
+            if grant is not None and channel in grant.channels:
+                return None
+            return f"channel {channel!r} is a job's: open it with the token that start_job gave"
         if self.sse._authorize is not None:
             return None if self.sse._authorize(channel) else f"you may not listen to channel {channel!r}"
         if self.is_private(channel) and (grant is None or channel not in grant.channels):
@@ -202,7 +304,7 @@ class _State:
         return None
 
     def is_private(self, channel: str) -> bool:
-        return channel.startswith(self.settings.private_prefixes)
+        return is_job(channel) or channel.startswith(self.settings.private_prefixes)
 
     def reserve_stream(self, address: str, limit: int | None, refusal: str) -> str | None:
         """Take a stream slot for ``address``; return why not if the limits are reached:
@@ -260,3 +362,4 @@ def close_all_streams() -> None:
     """
     for state in list(_STATES):
         state.broker.close()
+        state.views.close_all()

@@ -25,6 +25,8 @@ import time
 import typing as t
 import zlib
 
+from flask import Response
+
 from .broker.fanout import CLIENT, SLOW, TICK, Subscription
 from .events import encode_comment, encode_retry
 from .metrics import metrics, sent
@@ -32,7 +34,7 @@ from .metrics import metrics, sent
 if t.TYPE_CHECKING:
     from gevent.libev.corecext import io as _IOWatcher
 
-__all__ = ["EventStream", "SocketWriter"]
+__all__ = ["STREAM_HEADERS", "EventStream", "SocketWriter", "stream_response"]
 
 log = logging.getLogger("sse_flask")
 
@@ -41,6 +43,13 @@ _HEARTBEAT = encode_comment("heartbeat")
 LIFETIME = "lifetime reached"
 #: Replayed frames are written in chunks of about this size rather than all at once.
 _REPLAY_CHUNK = 256 * 1024
+#: The headers of every event stream response.
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx buffers proxied responses unless told not to, which would hold events back.
+    "X-Accel-Buffering": "no",
+    # No "Connection" header: it is hop-by-hop, and PEP 3333 forbids applications to set it.
+}
 
 
 class SocketWriter(t.Protocol):
@@ -70,6 +79,8 @@ class EventStream:
         event still reaches the client at once.
     :param environ: the WSGI environ, to find the client's socket where the server has one.
     :param on_close: called once, when the stream is closed.
+    :param on_open: called once, when the server starts sending the body: after the
+        application has returned, so after Flask has popped the view's request context.
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class EventStream:
         compress: bool = False,
         environ: t.Mapping[str, t.Any],
         on_close: t.Callable[[], None],
+        on_open: t.Callable[[], None] | None = None,
     ) -> None:
         self._subscription = subscription
         self._heartbeat = heartbeat
@@ -92,6 +104,7 @@ class EventStream:
             lifetimes.append(max(expires_in, 0.0))
         self._lifetime = min(lifetimes) if lifetimes else None
         self._on_close: t.Callable[[], None] | None = on_close
+        self._on_open = on_open
         self._peer = _PeerWatch.start(environ, subscription)
         self._opened = time.monotonic()
         self._replayed = len(subscription.replay)
@@ -137,6 +150,8 @@ class EventStream:
         )
 
     def _frames(self) -> t.Generator[bytes, None, None]:
+        if self._on_open is not None:
+            self._on_open()
         subscription = self._subscription
         for chunk in _chunks([encode_retry(self._retry_ms), *subscription.replay]):
             yield chunk
@@ -202,6 +217,24 @@ class EventStream:
         self._bytes += size
         self._events += frames
         sent.add(frames, size)
+
+
+def stream_response(stream: EventStream, *, negotiated: bool) -> Response:
+    """The response that sends ``stream``.
+
+    :param negotiated: whether gzip was on offer (``SSE_COMPRESS``), so that caches keep
+        the compressed and the plain answer apart.
+    """
+    # direct_passthrough: the server iterates the stream itself, without werkzeug's two
+    # wrapping generators around each chunk (the stream yields bytes, and closes itself).
+    response = Response(
+        stream, headers=STREAM_HEADERS, content_type="text/event-stream; charset=utf-8", direct_passthrough=True
+    )
+    if negotiated:
+        response.vary.add("Accept-Encoding")
+        if stream._compress:
+            response.content_encoding = "gzip"
+    return response
 
 
 def _gzip(chunks: t.Generator[bytes, None, None]) -> t.Iterator[bytes]:

@@ -1,6 +1,7 @@
 // The demo page: listen through sse-flask.js, show the connection, each message with its
 // time, type and id, and publish from the form; and an inbox, a private channel user:NAME
-// opened with a signed token that expires and is renewed. Data is always inserted as text,
+// opened with a signed token that expires and is renewed; and an answer, streamed from a
+// job, that resumes after a drop. Data is always inserted as text,
 // never as HTML. Add ?share=leader (or worker, none) to the address to choose how tabs share.
 (function () {
   "use strict";
@@ -331,6 +332,119 @@
     submit.preventDefault();
     var body = { data: $("inbox-message").value, user: inbox.user };
     send($("inbox-say"), body, $("inbox-error"), urls.inboxSay);
+  });
+
+  // ---------------------------------------------------------------- the answer
+
+  // POST /answer starts the fake model as a job and answers its channel and token; the
+  // page streams the job's channel. "Drop the connection" cuts it as a network failure
+  // would: the helper reconnects with the id of the last word and the server replays what
+  // was missed (marked), so the text ends whole, with nothing repeated or missing.
+  var answer = { client: null, words: [], dropped: 0, reopenedAt: 0, channel: "" };
+
+  function ask(question) {
+    closeAnswer();
+    answer.words = [];
+    answer.dropped = 0;
+    $("answer-text").replaceChildren();
+    $("answer-error").textContent = "";
+    updateAnswer();
+    setAnswerStatus("connecting", "starting the job");
+    fetch(urls.answer, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ question: question })
+    }).then(function (response) {
+      return response.json().then(function (job) {
+        if (!response.ok) { throw new Error("HTTP " + response.status + ": " + job.error); }
+        streamAnswer(job);
+      });
+    }).catch(function (error) {
+      setAnswerStatus("closed", null);
+      $("answer-error").textContent = "not started: " + (error.message || error);
+    });
+  }
+
+  function streamAnswer(job) {
+    answer.channel = job.channel;
+    var client = answer.client = SSEFlask.connect({
+      url: urls.events + "?token=" + encodeURIComponent(job.token),
+      channels: [job.channel],
+      share: "none",
+      onstate: function (state, detail) {
+        if (client !== answer.client) { return; }
+        if (state === "open" && answer.dropped) { answer.reopenedAt = Date.now(); }
+        $("answer-drop").disabled = $("answer-stop").disabled = state === "closed";
+        // Closed: the last event (done, cancelled or error) has said why.
+        setAnswerStatus(state, state === "closed" ? null : describe(state, detail));
+      }
+    });
+    client.on("message", function (word) { addWord(word); });
+    // The words are text; the ends carry JSON.
+    client.on("done", function (text) {
+      var data = JSON.parse(text);
+      var whole = data.items === answer.words.length;
+      $("answer-detail").textContent = "done: " + answer.words.length + " words of " + data.items +
+        (whole ? ", nothing repeated or missing" : ": some are missing") + dropNote();
+    });
+    client.on("cancelled", function (text) {
+      $("answer-detail").textContent = "stopped after " + JSON.parse(text).items + " words";
+    });
+    client.on("error", function (text) { $("answer-error").textContent = JSON.parse(text).error; });
+    client.on("missed", function () {
+      $("answer-error").textContent = "the server no longer had every word";
+    });
+  }
+
+  function addWord(word) {
+    answer.words.push(word);
+    var span = document.createElement("span");
+    span.textContent = (answer.words.length > 1 ? " " : "") + word;
+    // Replayed after a reconnection: the words that came in one burst right after it.
+    if (answer.reopenedAt && Date.now() - answer.reopenedAt < 100) { span.className = "resumed"; }
+    $("answer-text").append(span);
+    updateAnswer();
+  }
+
+  function dropNote() {
+    if (!answer.dropped) { return ""; }
+    return "; dropped " + answer.dropped + "×, resumed each time (replayed words marked)";
+  }
+
+  function updateAnswer() {
+    $("answer-count").textContent = String(answer.words.length);
+  }
+
+  function setAnswerStatus(state, detail) {
+    var status = $("answer-status");
+    status.textContent = state;
+    status.className = "status small " + state;
+    if (detail !== null) { $("answer-detail").textContent = detail || ""; }
+  }
+
+  function closeAnswer() {
+    if (answer.client) { answer.client.close(); }
+    answer.client = null;
+  }
+
+  $("answer-ask").addEventListener("submit", function (submit) {
+    submit.preventDefault();
+    var question = $("answer-question").value.trim();
+    if (question) { ask(question); }
+  });
+
+  $("answer-drop").addEventListener("click", function () {
+    if (!answer.client || answer.client.state !== "open") { return; }
+    answer.dropped++;
+    answer.client.drop();
+  });
+
+  $("answer-stop").addEventListener("click", function () {
+    fetch(urls.answerCancel, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ channel: answer.channel })
+    });
   });
 
   updateCount();

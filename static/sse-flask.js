@@ -4,6 +4,14 @@
  *   events.on("order", function (order, event) { ... });    // typed handler, JSON parsed
  *   events.on("*", function (data, event) { ... });         // every event type
  *
+ *   var answer = SSEFlask.stream("/ask", {method: "POST", body: {prompt: "hi"}, json: true});
+ *   answer.on("message", function (word) { ... });           // a view's own stream (sse.stream)
+ *
+ * A job's stream (its channel starts with "job:") and a view's own stream end with their
+ * `done`, `error` or `cancelled` event: state "closed", and no reconnection, which would
+ * start the work again. A view's stream is not reopened after a drop either; a job's
+ * stream resumes with Last-Event-ID until its end.
+ *
  * Why not EventSource? It gives up for good when the server answers an error (a 503 when
  * a worker is full, a 500 from a proxy), it cannot tell why, it cannot see Retry-After,
  * and it drops events whose type nobody listened for in advance. This helper reads the
@@ -25,6 +33,8 @@
   var PROTOCOL = "sse-flask/1";
   var DEFAULTS = { retry: 1000, maxRetry: 30000, idleTimeout: 60000, json: false, share: "auto", withCredentials: false };
   var SEEN_IDS = 1000;
+  // The events that end a job's or a view's stream.
+  var FINAL = { done: true, error: true, cancelled: true };
   var PING_MS = 10000;
 
   // ---------------------------------------------------------------- the stream parser
@@ -117,7 +127,7 @@
     this.setState(this.lastEventId || this.failures ? "reconnecting" : "connecting", { attempt: this.failures + 1 });
     var controller = this.controller = new AbortController();
     var url = this.url;
-    var headers = { Accept: "text/event-stream" };
+    var headers = Object.assign({}, this.options.headers, { Accept: "text/event-stream" });
     if (this.lastEventId) {
       // Same origin: the standard header. Another origin: the query parameter sse-flask
       // also reads, which spares a CORS preflight on every reconnection.
@@ -128,6 +138,8 @@
       }
     }
     fetch(url, {
+      method: this.options.method || "GET",
+      body: this.options.body,
       headers: headers,
       cache: "no-store",
       credentials: this.options.withCredentials ? "include" : "same-origin",
@@ -155,7 +167,14 @@
       return self.read(response.body.getReader(), controller);
     }).catch(function (error) {
       if (controller !== self.controller || self.closed) { return; }
-      self.fail({ error: error && error.name === "AbortError" ? "no data from the server for too long" : "connection failed (" + (error && error.message || error) + ")" });
+      var aborted = error && error.name === "AbortError";
+      var dropped = aborted && self.dropped;
+      self.dropped = false;
+      self.fail({
+        error: dropped ? "the connection was cut by drop()"
+          : aborted ? "no data from the server for too long"
+          : "connection failed (" + (error && error.message || error) + ")"
+      });
     });
   };
 
@@ -163,8 +182,14 @@
     var self = this;
     var decoder = new TextDecoder();
     var parser = new Parser(this.lastEventId, function (event, lastEventId) {
+      if (self.closed) { return; }
       self.lastEventId = lastEventId;
-      if (event) { self.emit({ kind: "event", event: event }); }
+      if (!event) { return; }
+      self.emit({ kind: "event", event: event });
+      if (self.options.final && FINAL[event.type]) {
+        self.close();
+        self.setState("closed", { event: event.type, final: true });
+      }
     }, function (retry) { self.retry = retry; });
     function pump() {
       self.watchIdle(controller);
@@ -193,7 +218,7 @@
   Stream.prototype.fail = function (why) {
     clearTimeout(this.idleTimer);
     if (this.closed) { return; }
-    if (why.fatal) {
+    if (why.fatal || this.options.once) {
       this.close();
       this.setState("closed", why);
       return;
@@ -218,6 +243,14 @@
     this.state = state;
     this.detail = detail || {};
     this.emit({ kind: "state", state: state, detail: this.detail });
+  };
+
+  // Cut the connection as a network failure would: the stream reconnects and resumes.
+  Stream.prototype.drop = function () {
+    if (this.controller && this.state === "open") {
+      this.dropped = true;
+      this.controller.abort();
+    }
   };
 
   Stream.prototype.close = function () {
@@ -312,13 +345,18 @@
    * "leader" or "none"), retry and maxRetry (backoff bounds, ms), idleTimeout (ms without
    * data, not even a heartbeat, after which the stream is reopened; 0 never),
    * withCredentials, workerUrl (where this file is, if not loaded by a script tag).
+   * A client of job channels only ("job:...") ends at the job's done, error or cancelled.
    */
-  function Client(options) {
+  function Client(options, request) {
     var opts = {};
     Object.keys(DEFAULTS).forEach(function (key) { opts[key] = key in options ? options[key] : DEFAULTS[key]; });
     this.options = opts;
     this.channels = uniqueSorted(options.channels && options.channels.length ? options.channels : ["default"]);
-    this.url = streamUrl(options.url, this.channels);
+    this.view = !!options.view;
+    this.url = this.view ? new URL(options.url, scope.location.href).href
+      : streamUrl(options.url, this.channels);
+    // A view's stream, or a job's: its last event ends it.
+    this.final = this.view || this.channels.every(function (name) { return /^job:/.test(name); });
     this.state = "connecting";
     this.detail = {};
     this.mode = "";
@@ -330,6 +368,7 @@
     this._seen = new Map();
     this._closed = false;
     this._cleanup = [];
+    this.request = request || null;
     this._start(opts.share);
   }
 
@@ -352,7 +391,17 @@
     this._setState("closed", { error: "closed by the page" });
   };
 
+  // Cut the connection now, as a network failure would, to see the client resume: only
+  // for a stream of this tab's own (share: "none").
+  Client.prototype.drop = function () {
+    if (!this._stream) {
+      throw new Error("drop() needs a stream of this tab's own: connect with share: \"none\"");
+    }
+    this._stream.drop();
+  };
+
   Client.prototype._start = function (share) {
+    if (this.view) { return this._startDirect(); }       // a POST cannot be shared
     var canWorker = typeof SharedWorker === "function" && this.workerUrl;
     var canLeader = typeof BroadcastChannel === "function" && scope.navigator && scope.navigator.locks;
     if ((share === "auto" || share === "worker") && canWorker && this._startWorker()) { return; }
@@ -363,6 +412,7 @@
   Client.prototype._startDirect = function () {
     this._setMode("direct");
     var stream = new Stream(this.url, this._streamOptions(), this._receive.bind(this));
+    this._stream = stream;
     this._cleanup.push(function () { stream.close(); });
   };
 
@@ -447,7 +497,12 @@
 
   Client.prototype._streamOptions = function () {
     var o = this.options;
-    return { retry: o.retry, maxRetry: o.maxRetry, idleTimeout: o.idleTimeout, withCredentials: o.withCredentials, lastEventId: this.lastEventId };
+    var options = {
+      retry: o.retry, maxRetry: o.maxRetry, idleTimeout: o.idleTimeout,
+      withCredentials: o.withCredentials, lastEventId: this.lastEventId, final: this.final
+    };
+    if (this.view) { Object.assign(options, this.request, { once: true }); }
+    return options;
   };
 
   // A change of mode (a follower elected leader) always comes with a state from the stream.
@@ -490,6 +545,24 @@
       }
     });
   };
+
+  /**
+   * A view's own stream (sse.stream on the server): one request, read until its done, error
+   * or cancelled, never reopened (that would start the work again).
+   *
+   * Options: method (default "GET"), body (a plain object is sent as JSON), headers, and
+   * json, onstate, idleTimeout and withCredentials as for connect().
+   */
+  function stream(url, options) {
+    options = Object.assign({}, options || {}, { url: url, view: true, share: "none" });
+    var body = options.body;
+    var headers = Object.assign({}, options.headers);
+    if (body != null && Object.getPrototypeOf(body) === Object.prototype) {
+      body = JSON.stringify(body);
+      headers["Content-Type"] = headers["Content-Type"] || "application/json";
+    }
+    return new Client(options, { method: options.method || "GET", body: body, headers: headers });
+  }
 
   function uniqueSorted(channels) {
     return channels.filter(function (name, index) { return channels.indexOf(name) === index; }).sort();
@@ -586,7 +659,7 @@
     runWorker();
   } else {
     scope.SSEFlask = {
-      connect: connect, Client: Client, Parser: Parser, version: PROTOCOL,
+      connect: connect, stream: stream, Client: Client, Parser: Parser, version: PROTOCOL,
       EventSource: SharedEventSource, htmx: useWithHtmx
     };
   }

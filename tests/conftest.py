@@ -306,6 +306,14 @@ class StreamClient:
                 self.retry = event.retry
         return events
 
+    def rest(self) -> list[httpx_sse.ServerSentEvent]:
+        """Every event a browser would dispatch until the server ends the stream."""
+        events = []
+        with contextlib.suppress(StopIteration):
+            while True:
+                events.extend(self.take(1))
+        return events
+
     def close(self) -> None:
         self._context.__exit__(None, None, None)
         self._client.close()
@@ -359,6 +367,65 @@ class RawStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Process:
+    """A server started from a command line, in its own session, on an ephemeral port read
+    from its log with ``listening`` (a pattern whose group 1 is the port)."""
+
+    def __init__(
+        self, command: list[str], env: dict[str, str], log_path: Path, listening: str
+    ) -> None:
+        self.log_path = log_path
+        base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**base_env, "PYTHONUNBUFFERED": "1", **env},
+                cwd=TESTS,
+                start_new_session=True,
+            )
+
+        def port() -> re.Match[str] | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited with {self.process.returncode}")
+            return re.search(listening, self.log())
+
+        try:
+            self.url = f"http://127.0.0.1:{wait_until(port, 30, 'the server to listen').group(1)}"
+        except AssertionError as e:
+            self.stop()
+            pytest.fail(f"the server did not start ({e}); its log:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> t.Iterator[t.Callable[..., Process]]:
+    """Start servers from command lines: ``launch([...], env={...}, listening=PATTERN)``;
+    stopped at teardown. They run in ``tests/``, so ``apps.<name>`` imports."""
+    started: list[Process] = []
+
+    def start(command: list[str], *, env: dict[str, str] | None = None, listening: str) -> Process:
+        process = Process(command, env or {}, tmp_path / f"server-{len(started)}.log", listening)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

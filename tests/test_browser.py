@@ -8,6 +8,7 @@ test leaves a screenshot of each of its pages in ``tests/screenshots/``.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import threading
 import typing as t
@@ -529,3 +530,113 @@ def test_inbox_renews_its_token_and_misses_nothing(context: BrowserContext, serv
 
     assert inbox_messages(page) == ["before expiry", "while renewing", "after renewal"]
     assert len(held) == 2
+
+
+# ---------------------------------------------------------------- jobs and view streams
+
+ANSWER_STATUS = "document.getElementById('answer-status').textContent"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def wait_for_words(page: Page, count: int) -> None:
+    words = "Number(document.getElementById('answer-count').textContent)"
+    page.wait_for_function(f"{words} >= {count}", timeout=10_000)
+
+
+def answer_requests(requested: list[str], url: str) -> list[str]:
+    return [each for each in requested if each.startswith(url + "/events?") and "job%3A" in each]
+
+
+def test_answer_resumes_after_a_drop_with_every_word_once(
+    context: BrowserContext, server: Server, tmp_path: Path
+) -> None:
+    """The demo's answer panel: a job's words, a drop mid-answer, a resume that replays what
+    was missed, and the end at done: state closed, no reconnection (which would restart it)."""
+    from sse_flask.demo import fake_answer
+
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
+    page = open_demo(context, server.url)
+    question = "How do jobs survive a dropped connection?"
+    page.fill("#answer-question", question)
+    page.press("#answer-question", "Enter")
+    wait_for_words(page, 5)
+    page.click("#answer-drop")
+    page.wait_for_function(f"{ANSWER_STATUS} === 'reconnecting'", timeout=5_000)
+    page.wait_for_function(f"{ANSWER_STATUS} === 'closed'", timeout=30_000)
+    words = fake_answer(question)
+    assert page.text_content("#answer-text") == " ".join(words)
+    assert page.text_content("#answer-detail") == (
+        f"done: {len(words)} words of {len(words)}, nothing repeated or missing; "
+        "dropped 1×, resumed each time (replayed words marked)"
+    )
+    assert page.text_content("#answer-error") == ""
+    # Two requests: the first, and the resume from the last word the page had.
+    streams = answer_requests(requested, server.url)
+    assert len(streams) == 2, streams
+    # docs/answer.png is rewritten only when asked for, so that a test run leaves the tree clean.
+    shot = DOCS / "answer.png" if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / "answer.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert page.evaluate("document.getElementById('answer-drop').disabled")
+
+
+def test_stop_cancels_the_answer_and_closes(context: BrowserContext, server: Server) -> None:
+    page = open_demo(context, server.url)
+    page.fill("#answer-question", "Stop me")
+    page.press("#answer-question", "Enter")
+    wait_for_words(page, 3)
+    page.click("#answer-stop")
+    page.wait_for_function(f"{ANSWER_STATUS} === 'closed'", timeout=5_000)
+    count = int(page.text_content("#answer-count") or "0")
+    assert page.text_content("#answer-detail") == f"stopped after {count} words"
+
+
+def test_view_stream_posts_reads_to_done_and_closes(
+    context: BrowserContext, server: Server
+) -> None:
+    """SSEFlask.stream(url, {method: "POST", body}) reads a view's own stream (sse.stream)
+    once: the items, then done, then state closed, and no second request."""
+    from sse_flask.demo import fake_answer
+
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.method + " " + request.url))
+    page = open_demo(context, server.url)
+    result = page.evaluate(
+        """() => new Promise(resolve => {
+            const words = [], states = [];
+            const answer = SSEFlask.stream('/answer/stream', {
+                method: 'POST', body: {question: 'view?'}, headers: {'X-Test': 'yes'},
+                onstate: (state, detail) => {
+                    states.push(state);
+                    if (state === 'closed') { resolve({words, states, detail, done: answer.done}); }
+                }
+            });
+            answer.on('message', word => words.push(word));
+            answer.on('done', (data, event) => { answer.done = [event.data, event.id]; });
+        })"""
+    )
+    words = fake_answer("view?")
+    assert result["words"] == words
+    assert result["states"] == ["connecting", "open", "closed"]
+    assert result["detail"] == {"event": "done", "final": True}
+    assert result["done"] == [f'{{"items":{len(words)}}}', str(len(words) + 1)]
+    posted = [each for each in requested if "/answer/stream" in each]
+    assert posted == [f"POST {server.url}/answer/stream"]
+
+
+def test_view_stream_that_drops_is_not_reopened(context: BrowserContext, server: Server) -> None:
+    """A view's stream cut before its end closes with the reason: reopening it would start
+    the work again."""
+    page = open_demo(context, server.url)
+    result = page.evaluate(
+        """() => new Promise(resolve => {
+            const answer = SSEFlask.stream('/answer/stream?question=cut', {
+                share: 'none',
+                onstate: (state, detail) => {
+                    if (state === 'open') { setTimeout(() => answer.drop(), 300); }
+                    if (state === 'closed') { resolve(detail); }
+                }
+            });
+        })"""
+    )
+    assert result["error"] == "the connection was cut by drop()"

@@ -33,6 +33,7 @@ CONTRACT_DEFAULTS = {
     "cors_origins": (),
     "private_prefixes": ("user:",),
     "compress": False,
+    "job_retention": 300,
 }
 
 #: What each key must be, in the words of its error message.
@@ -52,6 +53,7 @@ ALLOWED = {
     "SSE_CORS_ORIGINS": "unset, a comma-separated string of origins, or a list of them",
     "SSE_PRIVATE_PREFIXES": "a comma-separated string of channel prefixes, or a list of them",
     "SSE_COMPRESS": "true or false (1/0, yes/no, on/off)",
+    "SSE_JOB_RETENTION": "a number of seconds, 0 or more",
 }
 
 

@@ -39,6 +39,39 @@ class Broker(t.Protocol):
         :raises BrokerUnavailable: if the history cannot be read.
         """
 
+    def open_job(self, channel: str, on_cancel: t.Callable[[], None]) -> None:
+        """Start keeping the events of the job ``channel`` apart from the history, until
+        ``SSE_JOB_RETENTION`` seconds after its last; a :meth:`cancel_job` from any process
+        that shares this broker calls ``on_cancel`` in this one.
+
+        :raises BrokerUnavailable: if the broker cannot be reached.
+        """
+
+    def publish_job(self, channel: str, frame: bytes, *, last: bool = False) -> str:
+        """As :meth:`publish`, on a job's channel, keeping the event with the job's; after
+        the ``last`` one, every stream of the job ends.
+
+        :raises BrokerUnavailable: if nothing could be published.
+        """
+
+    def subscribe_job(
+        self, channel: str, last_event_id: str | None, *, queue_size: int
+    ) -> Subscription | None:
+        """Subscribe to the job ``channel``: its ``replay`` holds every event of the job, or
+        those after ``last_event_id`` (all of them after a ``missed`` frame if the id is not
+        this broker's), then live delivery follows with no gap and no duplicate; once the
+        job has ended, the subscription ends after the replay. ``None`` if no such job is
+        kept.
+
+        :raises BrokerUnavailable: if the job's events cannot be read.
+        """
+
+    def cancel_job(self, channel: str) -> None:
+        """Ask the process running the job ``channel`` to cancel it; nothing if it has ended.
+
+        :raises BrokerUnavailable: if the request could not be sent.
+        """
+
     def stats(self) -> dict[str, t.Any]:
         """``consumers``, ``channels``, ``published``, ``dropped`` and ``backend``."""
 
@@ -59,7 +92,9 @@ class Broker(t.Protocol):
 def make_broker(settings: Settings) -> Broker:
     """Return the broker that ``settings`` ask for."""
     if settings.broker_url is None:
-        return MemoryBroker(history=settings.history)
+        return MemoryBroker(history=settings.history, job_retention=settings.job_retention)
     from .redis import RedisBroker
 
-    return RedisBroker(settings.broker_url, history=settings.history)
+    return RedisBroker(
+        settings.broker_url, history=settings.history, job_retention=settings.job_retention
+    )

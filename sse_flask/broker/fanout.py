@@ -44,6 +44,7 @@ WRITE_INTERVAL = 0.005
 SLOW = "slow consumer"
 SHUTDOWN = "server shutting down"
 CLIENT = "client went away"
+JOB_ENDED = "job ended"
 
 
 class Subscription:
@@ -127,6 +128,10 @@ class Subscription:
     def close(self, reason: str = CLIENT) -> None:
         """Stop receiving; idempotent. Frames already queued can still be drained."""
         self._fanout.remove(self, reason)
+
+    def pending(self) -> int:
+        """Frames queued and not yet taken by :meth:`wait`."""
+        return len(self._frames)
 
 
 class _Wakeup(t.Protocol):
@@ -299,6 +304,13 @@ class Fanout:
         """End every current subscription, so that streams finish and clients reconnect.
         The caller holds :attr:`lock`."""
         for subscription in {s for subs in self._channels.values() for s in subs}:
+            self._unregister(subscription, reason)
+
+    def end_channel(self, channel: str, reason: str) -> None:
+        """End every subscription to ``channel``, after what was delivered to it (a job's
+        last event): their streams write what they have queued, then finish. The caller
+        holds :attr:`lock`."""
+        for subscription in list(self._channels.get(channel, ())):
             self._unregister(subscription, reason)
 
     def stats(self, *, backend: str, published: int) -> dict[str, t.Any]:

@@ -9,6 +9,7 @@ being silently resumed from the wrong place.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import secrets
 import time
@@ -17,7 +18,7 @@ import typing as t
 from ..errors import BrokerUnavailable
 from ..events import Event, encode_event, prefix_id
 from ..metrics import metrics
-from .fanout import Fanout, Subscription
+from .fanout import JOB_ENDED, Fanout, Subscription
 
 __all__ = ["MemoryBroker"]
 
@@ -27,8 +28,10 @@ class MemoryBroker:
 
     name = "memory"
 
-    def __init__(self, *, history: int) -> None:
+    def __init__(self, *, history: int, job_retention: float = 300) -> None:
         self.published = 0
+        self._job_retention = job_retention
+        self._jobs: dict[str, _Job] = {}
         self._epoch = secrets.token_hex(4)
         self._sequence = 0
         # With history=0 the deque keeps nothing: every resume is told it missed events.
@@ -44,17 +47,76 @@ class MemoryBroker:
             who resumes elsewhere.
         """
         with self._fanout.lock:
-            if self._stopped:
-                raise BrokerUnavailable("this worker is shutting down; publish again to reach the one replacing it")
             started = time.perf_counter()
-            self._sequence += 1
-            event_id = f"{self._epoch}-{self._sequence}"
-            framed = prefix_id(frame, event_id)
+            event_id, framed = self._next(frame)
             self._history.append((self._sequence, channel, framed))
             self._fanout.deliver(channel, framed)
-            self.published += 1
         metrics().fanout_seconds.observe(time.perf_counter() - started)
         return event_id
+
+    def open_job(self, channel: str, on_cancel: t.Callable[[], None]) -> None:
+        """Keep the events of the job ``channel`` apart from the history, until
+        ``job_retention`` seconds after its last; :meth:`cancel_job` calls ``on_cancel``."""
+        with self._fanout.lock:
+            now = time.monotonic()
+            for name, job in list(self._jobs.items()):
+                if self._expired(job, now):
+                    del self._jobs[name]
+            self._jobs[channel] = _Job(on_cancel)
+
+    def publish_job(self, channel: str, frame: bytes, *, last: bool = False) -> str:
+        """Publish ``frame`` on the job ``channel``, keeping it with the job's events; after
+        the ``last`` one, the job's streams end.
+
+        :raises BrokerUnavailable: once closed, as :meth:`publish`.
+        """
+        with self._fanout.lock:
+            job = self._jobs[channel]
+            event_id, framed = self._next(frame)
+            job.frames.append((self._sequence, framed))
+            self._fanout.deliver(channel, framed)
+            if last:
+                job.ended_at = time.monotonic()
+                job.on_cancel = None
+                self._fanout.end_channel(channel, JOB_ENDED)
+        return event_id
+
+    def subscribe_job(
+        self, channel: str, last_event_id: str | None, *, queue_size: int
+    ) -> Subscription | None:
+        """Subscribe to the job ``channel`` from its first event, or after ``last_event_id``
+        (all of them, after a ``missed``, if that id is not this broker's); ended at once,
+        after the replay, if the job has ended. ``None`` if there is no such job here."""
+        with self._fanout.lock:
+            job = self._jobs.get(channel)
+            if job is None or self._expired(job, time.monotonic()):
+                return None
+            subscription = self._fanout.new([channel], queue_size)
+            if subscription.closed is not None:
+                return subscription
+            after = 0 if last_event_id is None else self._known_sequence(last_event_id)
+            frames = []
+            if after is None:
+                first = job.frames[0][0] if job.frames else self._sequence + 1
+                oldest = f"{self._epoch}-{first}" if job.frames else None
+                data = {"last_event_id": last_event_id, "oldest_retained": oldest}
+                missed = Event(data=data, event="missed", id=f"{self._epoch}-{first - 1}")
+                frames.append(encode_event(missed))
+                subscription.missed = True
+                after = 0
+            frames.extend(frame for sequence, frame in job.frames if sequence > after)
+            subscription.replay = frames
+            if job.ended_at is not None:
+                self._fanout.end_channel(channel, JOB_ENDED)
+        return subscription
+
+    def cancel_job(self, channel: str) -> None:
+        """Cancel the job ``channel`` if it runs in this process and has not ended."""
+        with self._fanout.lock:
+            job = self._jobs.get(channel)
+            on_cancel = job.on_cancel if job is not None else None
+        if on_cancel is not None:
+            on_cancel()
 
     def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
         """Subscribe to ``channels``, replaying what followed ``last_event_id``.
@@ -84,6 +146,18 @@ class MemoryBroker:
         self.stop_publishing()
         self._fanout.close_all()
 
+    def _expired(self, job: _Job, now: float) -> bool:
+        return job.ended_at is not None and now - job.ended_at > self._job_retention
+
+    def _next(self, frame: bytes) -> tuple[str, bytes]:
+        """The next id, and ``frame`` with it. The caller holds the fan-out's lock."""
+        if self._stopped:
+            raise BrokerUnavailable("this worker is shutting down; publish again to reach the one replacing it")
+        self._sequence += 1
+        self.published += 1
+        event_id = f"{self._epoch}-{self._sequence}"
+        return event_id, prefix_id(frame, event_id)
+
     def _replay(self, subscription: Subscription, last_event_id: str) -> None:
         oldest = self._history[0][0] if self._history else self._sequence + 1
         after = self._known_sequence(last_event_id)
@@ -111,3 +185,13 @@ class MemoryBroker:
         oldest_retained = f"{self._epoch}-{oldest}" if self._history else None
         data = {"last_event_id": last_event_id, "oldest_retained": oldest_retained}
         return encode_event(Event(data=data, event="missed", id=f"{self._epoch}-{oldest - 1}"))
+
+
+@dataclasses.dataclass(eq=False)
+class _Job:
+    """A job's events, in order, and how to cancel it while it runs."""
+
+    on_cancel: t.Callable[[], None] | None
+    frames: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+    #: ``time.monotonic()`` of its last event; ``None`` while it runs.
+    ended_at: float | None = None

@@ -23,6 +23,7 @@ Deliberate divergences:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import secrets
@@ -33,7 +34,7 @@ import typing as t
 from ..errors import BrokerUnavailable
 from ..events import Event, encode_event, prefix_id
 from ..metrics import metrics
-from .fanout import Fanout, Subscription
+from .fanout import JOB_ENDED, Fanout, Subscription
 
 if t.TYPE_CHECKING:
     import redis as _redis
@@ -62,6 +63,37 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', ARGV[2]
 return {epoch, id}
 """
 
+# A job's event: appended to the stream every worker follows (for live delivery) and, with
+# the same id, to the job's own stream, kept until SSE_JOB_RETENTION after the job's last
+# event whatever the main stream's trimming. The last one is marked 'x', so that every
+# worker ends the job's streams after it; the job's state key says whether it has ended.
+_PUBLISH_JOB = """
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[2], epoch)
+end
+local fields = {'c', ARGV[2], 'e', epoch, 'f', ARGV[4]}
+if ARGV[5] == '1' then
+  table.insert(fields, 'x')
+  table.insert(fields, '1')
+  redis.call('SET', KEYS[4], 'ended', 'EX', ARGV[6])
+else
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+redis.call('XADD', KEYS[3], id, unpack(fields))
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+return {epoch, id}
+"""
+#: The keys of a job, after this prefix and its channel: its events, and its state.
+JOB_KEY = "sse_flask:job:"
+#: Seconds a running job's keys outlive its latest event (a job whose worker died).
+RUNNING_JOB_SECONDS = 86400
+#: The channel of the main stream's entries that cancel a job (its channel in ``f``); no
+#: stream can listen to it, since it is not a valid channel name.
+_CANCEL = "#cancel"
+
 Position = tuple[int, int]
 #: One entry of the stream as redis-py returns it: (stream id, fields).
 _Entry = tuple[bytes, dict[bytes, bytes]]
@@ -76,7 +108,7 @@ class RedisBroker:
 
     name = "redis"
 
-    def __init__(self, url: str, *, history: int) -> None:
+    def __init__(self, url: str, *, history: int, job_retention: float = 300) -> None:
         try:
             import redis
         except ImportError:
@@ -93,6 +125,10 @@ class RedisBroker:
         )
         self._redis = redis.Redis(connection_pool=self._pool)
         self._publish = self._redis.register_script(_PUBLISH)
+        self._publish_job = self._redis.register_script(_PUBLISH_JOB)
+        self._job_seconds = max(1, math.ceil(job_retention))
+        #: What cancels each job running in this process, by channel.
+        self._cancels: dict[str, t.Callable[[], None]] = {}
         self._reader: _redis.Redis | None = None
 
     def publish(self, channel: str, frame: bytes) -> str:
@@ -123,6 +159,123 @@ class RedisBroker:
         upto = None
         if last_event_id is not None and not self._fanout.closed:
             missed, replay, upto = self._history_after(last_event_id)
+        return self._register(channels, queue_size, missed, replay, upto)
+
+    def open_job(self, channel: str, on_cancel: t.Callable[[], None]) -> None:
+        """Mark the job ``channel`` running in Redis; this process's reader calls
+        ``on_cancel`` when any process cancels it."""
+        import redis
+
+        self._start_reader()
+        self._cancels[channel] = on_cancel
+        try:
+            self._redis.set(JOB_KEY + channel + ":state", "running", ex=RUNNING_JOB_SECONDS)
+        except redis.RedisError as e:
+            del self._cancels[channel]
+            raise BrokerUnavailable(
+                f"cannot start a job in Redis at {self._safe_url()}: {e}"
+            ) from e
+
+    def publish_job(self, channel: str, frame: bytes, *, last: bool = False) -> str:
+        """Append ``frame`` to the main stream and to the job's own; after the ``last``
+        one the job's keys expire ``SSE_JOB_RETENTION`` seconds later."""
+        import redis
+
+        if last:
+            self._cancels.pop(channel, None)
+        keys = [STREAM_KEY, EPOCH_KEY, JOB_KEY + channel, JOB_KEY + channel + ":state"]
+        ttl = self._job_seconds if last else RUNNING_JOB_SECONDS
+        try:
+            epoch, stream_id = self._publish_job(
+                keys=keys,
+                args=[self._maxlen, channel, secrets.token_hex(4), frame, "1" if last else "", ttl],
+            )
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
+        self.published += 1
+        return f"{epoch.decode()}-{stream_id.decode()}"
+
+    def subscribe_job(
+        self, channel: str, last_event_id: str | None, *, queue_size: int
+    ) -> Subscription | None:
+        """Subscribe to the job ``channel``, replaying its own stream (read with the main
+        stream's last position in one snapshot, then registered as :meth:`subscribe` does)."""
+        import redis
+
+        self._start_reader()
+        if self._fanout.closed:
+            return self._register([channel], queue_size, None, [], None)
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(JOB_KEY + channel + ":state")
+                pipe.set(EPOCH_KEY, secrets.token_hex(4), nx=True, get=True)
+                pipe.xrange(JOB_KEY + channel, "-", "+")
+                pipe.xinfo_stream(STREAM_KEY)
+                state, epoch, entries, info = pipe.execute()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(
+                f"cannot read the job from Redis at {self._safe_url()}: {e}"
+            ) from e
+        if state is None:
+            return None
+        upto = _parse(_text(info["last-generated-id"])) or (0, 0)
+        entries = t.cast("list[_Entry]", entries)
+        missed = None
+        if last_event_id is not None:
+            given_epoch, _, stream_id = last_event_id.partition("-")
+            known = epoch is not None and given_epoch == epoch.decode()
+            after = _parse(stream_id) if known else None
+            if after is None:
+                first = entries[0][0].decode() if entries else None
+                current = f"{epoch.decode()}-" if epoch is not None else ""
+                missed = encode_event(
+                    Event(
+                        data={
+                            "last_event_id": last_event_id,
+                            "oldest_retained": current + first if first else None,
+                        },
+                        event="missed",
+                        id=current + _format(_before(_parse(first) or upto) if first else upto),
+                    )
+                )
+            else:
+                entries = [
+                    entry for entry in entries if (_parse(entry[0].decode()) or (0, 0)) > after
+                ]
+        subscription = self._register([channel], queue_size, missed, entries, upto)
+        # The replay has the job's last event if it ended before the reader delivered it here.
+        name = channel.encode()
+        ended = any(b"x" in fields and fields[b"c"] == name for _, fields in entries)
+        if state == b"ended" or ended:
+            subscription.close(JOB_ENDED)
+        return subscription
+
+    def cancel_job(self, channel: str) -> None:
+        """Append an entry to the main stream that tells every worker's reader to cancel
+        the job ``channel``; the one running it does."""
+        import redis
+
+        try:
+            self._publish(
+                keys=[STREAM_KEY, EPOCH_KEY],
+                args=[self._maxlen, _CANCEL, secrets.token_hex(4), channel],
+            )
+        except redis.RedisError as e:
+            raise BrokerUnavailable(
+                f"cannot cancel a job through Redis at {self._safe_url()}: {e}"
+            ) from e
+
+    def _register(
+        self,
+        channels: t.Sequence[str],
+        queue_size: int,
+        missed: bytes | None,
+        replay: list[_Entry],
+        upto: Position | None,
+    ) -> Subscription:
+        """Register a subscription that resumes with ``replay``, read up to ``upto``: the
+        entries the reader delivered beyond ``upto`` before it was registered are added to
+        ``replay``, and those it has yet to deliver up to ``upto`` are skipped."""
         with self._fanout.lock:
             subscription = self._fanout.new(channels, queue_size)
             if self._cursor is None and upto is not None:
@@ -265,6 +418,8 @@ class RedisBroker:
                         self._cursor = position
                         self._fanout.deliver(fields[b"c"].decode(), _frame(stream_id, fields), position)
                     fanout_seconds.observe(time.perf_counter() - started)
+                    if b"x" in fields or fields[b"c"] == _CANCEL.encode():
+                        self._job_entry(fields)
         self._reader.close()
 
     def _follow_from_end(self) -> Position:
@@ -277,6 +432,17 @@ class RedisBroker:
             if self._cursor is None:
                 self._cursor = last
             return self._cursor
+
+    def _job_entry(self, fields: dict[bytes, bytes]) -> None:
+        """A job's last event (its streams end) or a request to cancel one (the process
+        running it cancels it)."""
+        if fields[b"c"] == _CANCEL.encode():
+            on_cancel = self._cancels.get(fields[b"f"].decode())
+            if on_cancel is not None:
+                on_cancel()
+        else:
+            with self._fanout.lock:
+                self._fanout.end_channel(fields[b"c"].decode(), JOB_ENDED)
 
     def _last_generated(self) -> Position:
         import redis
