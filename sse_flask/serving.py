@@ -77,7 +77,7 @@ def check_bind(bind: str) -> str:
             probe.bind(address)
         except OSError as e:
             raise ServeError(f"--bind {bind!r}: cannot listen there ({e.strerror})") from None
-    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def check_app(app_uri: str) -> None:
@@ -93,22 +93,26 @@ def check_app(app_uri: str) -> None:
     reader, writer = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.close(reader)
-        code, problem = 0, ""
+        # Whatever happens, the child ends here: it must never go on to run gunicorn.
+        failed = True
         try:
+            os.close(reader)
             logging.disable(logging.CRITICAL)
-            load_app(app_uri)
-        except ServeError as e:
-            code, problem = 2, str(e)
-        except BaseException:
-            code, problem = 1, traceback.format_exc().rstrip()
-        with os.fdopen(writer, "w", encoding="utf-8") as pipe:
-            pipe.write(problem)
-        os._exit(code)
+            try:
+                load_app(app_uri)
+                problem, failed = "", False
+            except ServeError as e:
+                problem = str(e)
+            except BaseException:
+                problem = traceback.format_exc().rstrip()
+            with os.fdopen(writer, "w", encoding="utf-8") as pipe:
+                pipe.write(problem)
+        finally:
+            os._exit(1 if failed else 0)
     os.close(writer)
     with os.fdopen(reader, encoding="utf-8") as pipe:
         problem = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if status != 0:
         raise ServeError(problem or f"loading --app {app_uri} failed (exit status {status})")
 
