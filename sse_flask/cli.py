@@ -8,20 +8,29 @@ beyond click; everything gunicorn is in :mod:`sse_flask.serving`.
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
 import typing as t
-import urllib.error
 
 import click
 
 from . import __version__
-from .client import error_text, events_url, publish_over_http, read_events
-from .serving import GUNICORN_SETTINGS, Server, prepare_metrics_dir, raise_open_files_limit
+from .client import ClientError, base_url, events_url, publish_over_http, read_events
+from .config import cast_setting
+from .errors import ConfigError
+from .serving import DEFAULT_PORT, ServeError, run
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+#: Tries of a publish that failed in a way that may mend (the server restarting, a 503).
+_PUBLISH_TRIES = 3
+
+
+class _StartError(click.ClickException):
+    """``serve`` cannot start: one line, exit status 2 (as for a bad option)."""
+
+    exit_code = 2
 
 
 @click.group()
@@ -31,22 +40,41 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--bind", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="gevent worker processes.")
 @click.option("--broker", envvar="SSE_BROKER_URL", help="redis:// URL shared by every worker; default in-process.")
 @click.option("--app", "app_uri", default="sse_flask.demo:create_app", show_default=True, help="MODULE:FACTORY or MODULE:APP.")
 def serve(bind: str, workers: int, broker: str | None, app_uri: str) -> None:
-    """Serve the app under gunicorn with gevent workers."""
+    """Serve the app under gunicorn with gevent workers.
+
+    The app is loaded once before the port is bound, so that a missing module or a bad
+    setting stops here, in one line, with the port never taken.
+    """
     if broker:
+        source = click.get_current_context().get_parameter_source("broker")
+        from_env = source == click.core.ParameterSource.ENVIRONMENT
+        try:
+            cast_setting("SSE_BROKER_URL", broker, "the environment" if from_env else "--broker")
+        except ConfigError as e:
+            raise _StartError(str(e)) from None
         os.environ["SSE_BROKER_URL"] = broker
-    prepare_metrics_dir()
-    raise_open_files_limit(workers * GUNICORN_SETTINGS["worker_connections"] + 1024)
-    Server(app_uri, {**GUNICORN_SETTINGS, "bind": bind, "workers": workers}).run()
+    try:
+        run(app_uri, bind, workers)
+    except ServeError as e:
+        raise _StartError(str(e)) from None
 
 
 @main.command()
 @click.argument("message", required=False)
-@click.option("--url", default=DEFAULT_URL, show_default=True, envvar="SSE_URL", help="Where the blueprint is mounted.")
+@click.option(
+    "--url",
+    default=DEFAULT_URL,
+    show_default=True,
+    envvar="SSE_URL",
+    help="Where the blueprint is mounted (or HOST:PORT).",
+)
 @click.option("--channel", help="Channel to publish on; default 'default'.")
 @click.option("--event", help="Event type; default 'message'.")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Publish each line read from standard input.")
@@ -55,10 +83,14 @@ def serve(bind: str, workers: int, broker: str | None, app_uri: str) -> None:
 def say(
     message: str | None, url: str, channel: str | None, event: str | None, from_stdin: bool, token: str | None, broker: str | None
 ) -> None:
-    """Publish MESSAGE, or each line of standard input with --stdin; prints each event's id."""
+    """Publish MESSAGE, or each line of standard input with --stdin; prints each event's id.
+
+    A publish that fails in a way that may mend (the server is restarting, or answered 503)
+    is tried again, up to three times in all; any other failure stops at once.
+    """
     if (message is None) == (not from_stdin):
         raise click.UsageError("give either MESSAGE or --stdin")
-    publish = _broker_publisher(broker) if broker else functools.partial(publish_over_http, url, token=token)
+    publish = _broker_publisher(broker) if broker else _http_publisher(_url(url, "--url"), token)
     lines = (line.rstrip("\r\n") for line in sys.stdin) if from_stdin else [t.cast(str, message)]
     for line in lines:
         click.echo(publish(line, event=event, channel=channel))
@@ -68,12 +100,13 @@ def say(
 @click.argument("url", default=DEFAULT_URL)
 @click.option("--channel", "channels", multiple=True, help="Channel to listen to; may repeat; default 'default'.")
 def listen(url: str, channels: tuple[str, ...]) -> None:
-    """Print events from URL as they arrive, resuming after a drop.
+    """Print events from URL (or HOST:PORT) as they arrive, resuming after a drop.
 
     Each event prints its data; an event whose type is not 'message' is prefixed with its
-    type in brackets.
+    type in brackets. A failure that waiting may mend (the server down or restarting, a
+    5xx) is retried; a 4xx or an answer that is not an event stream stops at once.
     """
-    stream_url = events_url(url, channels)
+    stream_url = events_url(_url(url, "URL"), channels)
     last_event_id: str | None = None
     delay = 3.0
     while True:
@@ -85,19 +118,41 @@ def listen(url: str, channels: tuple[str, ...]) -> None:
                     last_event_id = event_id
                 if event_type is not None:
                     click.echo(data if event_type == "message" else f"[{event_type}] {data}")
-        except urllib.error.HTTPError as e:
-            if e.code < 500:
-                raise click.ClickException(f"{stream_url} answered {e.code}: {error_text(e)}") from None
-            retry_after = e.headers.get("Retry-After", "")
-            wait = float(retry_after) if retry_after.isdigit() else delay
-            click.echo(f"{stream_url} answered {e.code}: {error_text(e)}; retrying in {wait:g} s", err=True)
+        except ClientError as e:
+            if not e.transient:
+                raise click.ClickException(str(e)) from None
+            wait = delay if e.retry_after is None else e.retry_after
+            click.echo(f"{e}; reconnecting in {wait:g} s", err=True)
             time.sleep(wait)
             continue
-        except OSError as e:
-            click.echo(f"connection lost ({e}); reconnecting in {delay:g} s", err=True)
-        else:
-            click.echo(f"stream ended; reconnecting in {delay:g} s", err=True)
+        click.echo(f"stream ended; reconnecting in {delay:g} s", err=True)
         time.sleep(delay)
+
+
+def _url(url: str, param: str) -> str:
+    try:
+        return base_url(url)
+    except ClientError as e:
+        raise click.BadParameter(str(e), param_hint=param) from None
+
+
+def _http_publisher(url: str, token: str | None) -> t.Callable[..., str]:
+    """``publish`` over ``url``'s ``/say``, tried again after a failure that may mend."""
+
+    def publish(data: str, *, event: str | None, channel: str | None) -> str:
+        tried = 1
+        while True:
+            try:
+                return publish_over_http(url, data, event=event, channel=channel, token=token)
+            except ClientError as e:
+                if not e.transient or tried == _PUBLISH_TRIES:
+                    raise click.ClickException(str(e)) from None
+                wait = 1.0 if e.retry_after is None else e.retry_after
+                click.echo(f"{e}; trying again in {wait:g} s", err=True)
+                time.sleep(wait)
+                tried += 1
+
+    return publish
 
 
 def _broker_publisher(broker_url: str) -> t.Callable[..., str]:
@@ -105,15 +160,19 @@ def _broker_publisher(broker_url: str) -> t.Callable[..., str]:
     for a publish from a view (channel, event type, SSE_MAX_DATA_BYTES from the environment)."""
     from flask import Flask
 
-    from .errors import BrokerUnavailable, ConfigError
+    from .errors import BrokerUnavailable
     from .extension import SSE
 
+    try:
+        cast_setting("SSE_BROKER_URL", broker_url, "--broker")
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--broker") from None
     app = Flask("sse_flask.say")
     app.config["SSE_BROKER_URL"] = broker_url
     try:
         sse = SSE(app)
     except ConfigError as e:
-        raise click.BadParameter(str(e), param_hint="--broker") from None
+        raise click.ClickException(str(e)) from None
 
     def publish(data: str, *, event: str | None, channel: str | None) -> str:
         try:

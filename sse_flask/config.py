@@ -14,7 +14,7 @@ import typing as t
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULTS", "Settings", "load_settings"]
+__all__ = ["DEFAULTS", "Settings", "cast_setting", "load_settings"]
 
 #: Every key sse_flask reads, with its default.
 DEFAULTS: dict[str, t.Any] = {
@@ -75,12 +75,22 @@ def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -
             value, source = config[key], "app.config"
         if key in environ:
             value, source = environ[key], "the environment"
-        cast, what = _CASTS[key]
-        try:
-            values[key[4:].lower()] = cast(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"{key} (from {source}) must be {what}, got {value!r}") from None
+        values[key[4:].lower()] = cast_setting(key, value, source)
     return Settings(**values)
+
+
+def cast_setting(key: str, value: t.Any, source: str) -> t.Any:
+    """``value`` for the ``SSE_*`` ``key`` as the app will hold it, so that a value from
+    elsewhere (``sse-flask serve --broker``) is checked as the app would check it.
+
+    :param source: where ``value`` came from, for the message: ``"app.config"``, ``"--broker"``.
+    :raises ConfigError: naming the key, its source and what is allowed.
+    """
+    cast, what = _CASTS[key]
+    try:
+        return cast(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key} (from {source}) must be {what}, got {value!r}") from None
 
 
 def _number(minimum: float, *, integer: bool, above: bool = False) -> t.Callable[[t.Any], t.Any]:

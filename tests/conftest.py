@@ -9,6 +9,8 @@ A missing real part (redis-server, Chromium) skips its tests locally and fails t
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -17,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import typing as t
 from pathlib import Path
@@ -29,6 +32,7 @@ import requests
 
 IN_CI = os.environ.get("CI") == "true"
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 
 # Locally, property tests explore new inputs on every run; in CI they replay the same ones,
 # so that a submission is judged on what it changed, not on the luck of the draw.
@@ -68,9 +72,23 @@ _CLOSE = {"Connection": "close"}
 
 
 class Server:
-    """A running ``sse-flask serve`` (gunicorn, gevent workers), master in its own session."""
+    """A running ``sse-flask serve`` (gunicorn, gevent workers), master in its own session.
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, workers: int, prefix: str = "") -> None:
+    ``command`` replaces ``python -m sse_flask serve --bind 127.0.0.1:0 --workers N``
+    (another console script, or plain gunicorn); ``args`` follow it.
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        workers: int,
+        prefix: str = "",
+        *,
+        command: list[str] | None = None,
+        cwd: Path = TESTS,
+    ) -> None:
         self.log_path = log_path
         self.workers = workers
         #: Where the blueprint is mounted (the app's SSE_URL_PREFIX); get, post, say and
@@ -80,12 +98,14 @@ class Server:
         self.publish_token = env.get("SSE_PUBLISH_TOKEN")
         base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
         with open(log_path, "wb") as log:
+            serve = [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0"]
+            serve += ["--workers", str(workers)]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0", "--workers", str(workers), *args],
+                [*(command or serve), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**base_env, "PYTHONUNBUFFERED": "1", **env},
-                cwd=TESTS,
+                cwd=cwd,
                 start_new_session=True,
             )
         try:
@@ -240,6 +260,76 @@ def serve(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
 def server(serve: t.Callable[..., Server]) -> Server:
     """The demo app on one gevent worker, with a 1 s heartbeat."""
     return serve(env={"SSE_HEARTBEAT": "1"})
+
+
+def _backend_ready() -> bool:
+    """Whether setuptools can build a wheel here without pip fetching build requirements:
+    ``bdist_wheel`` comes from the ``wheel`` package, or from setuptools itself since 70.1."""
+    if importlib.util.find_spec("wheel") is not None:
+        return True
+    version = importlib.metadata.version("setuptools").split(".")[:2]
+    major, minor, *_ = (int(part) for part in version if part.isdigit())
+    return (major, minor) >= (70, 1)
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Build a wheel of this checkout, once per test session; return it and the source tree
+    it was built from.
+
+    The sources are copied first, so that the build writes its ``build/`` and
+    ``*.egg-info`` folders into a temporary directory, not into the checkout the editable
+    install (and anyone else's test run) uses.
+    """
+    source = tmp_path_factory.mktemp("source") / "sse-flask"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", "tests", "benchmarks", "build", "dist", "*.egg-info", "__pycache__",
+            ".*_cache", ".hypothesis", ".venv",
+        ),
+    )
+    out = tmp_path_factory.mktemp("wheelhouse")
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir"]
+    if _backend_ready():
+        command.append("--no-build-isolation")
+    command += ["-w", str(out), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out)
+    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
+    (built,) = out.glob("sse_flask-*.whl")
+    return built, source
+
+
+@pytest.fixture(scope="session")
+def installed(wheel: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the wheel installed in it (not editable), as a newcomer has
+    sse-flask after ``pip install``; returns its ``bin`` directory.
+
+    Its dependencies are this environment's, reached through a ``.pth`` line (which runs
+    none of the ``.pth`` files there, so the editable install of the checkout stays out).
+    """
+    venv = tmp_path_factory.mktemp("newcomer") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    Path(purelib, "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    pip = [sys.executable, "-m", "pip", "--python", str(python)]
+    result = subprocess.run(
+        [*pip, "install", "-q", "--no-deps", "--no-index", str(wheel[0])],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
+    where = subprocess.run(
+        [python, "-c", "import sse_flask; print(sse_flask.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=venv,
+    )  # fmt: skip
+    origin = Path(where.stdout.strip())
+    assert origin.is_relative_to(purelib), f"sse_flask comes from {where.stdout}{where.stderr}"
+    return venv / "bin"
 
 
 class RedisServer:

@@ -9,21 +9,14 @@ STYLE's "ship `py.typed`" and the `sse-flask` entry point.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 import typing as t
 import zipfile
 from pathlib import Path
-
-import pytest
-
-REPO = Path(__file__).resolve().parent.parent
 
 ASSETS = [
     "sse_flask/templates/index.html",
@@ -32,41 +25,6 @@ ASSETS = [
     "sse_flask/static/sse-flask.js",
     "sse_flask/py.typed",
 ]
-
-
-def _backend_ready() -> bool:
-    """Whether setuptools can build a wheel here without pip fetching build requirements:
-    ``bdist_wheel`` comes from the ``wheel`` package, or from setuptools itself since 70.1."""
-    if importlib.util.find_spec("wheel") is not None:
-        return True
-    major, minor, *_ = (int(part) for part in importlib.metadata.version("setuptools").split(".")[:2] if part.isdigit())
-    return (major, minor) >= (70, 1)
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Build a wheel of this checkout; return it and the source tree it was built from.
-
-    The sources are copied first, so that the build writes its ``build/`` and
-    ``*.egg-info`` folders into a temporary directory, not into the checkout the editable
-    install (and anyone else's test run) uses.
-    """
-    source = tmp_path_factory.mktemp("source") / "sse-flask"
-    shutil.copytree(
-        REPO,
-        source,
-        ignore=shutil.ignore_patterns(
-            ".git", "tests", "benchmarks", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
-        ),
-    )
-    out = tmp_path_factory.mktemp("wheelhouse")
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", "-w", str(out), str(source)]
-    if _backend_ready():
-        command.insert(4, "--no-build-isolation")
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=out)
-    assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
-    (built,) = out.glob("sse_flask-*.whl")
-    return built, source
 
 
 def test_wheel_contents(wheel: tuple[Path, Path]) -> None:
