@@ -20,11 +20,10 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTo
 
 from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken, UnknownJob
 from .events import DEFAULT_EVENT
-from .extension import DEFAULT_CHANNEL, _State, check_channel
 from .jobs import subscribe
 from .metrics import exposition, metrics
 from .resources import resource_dir
-from .servers import stream_limit
+from .state import DEFAULT_CHANNEL, AppState, check_channel
 from .stream import EventStream, stream_response
 
 if t.TYPE_CHECKING:
@@ -57,8 +56,7 @@ def events() -> Response:
     expires_in = grant.expires_at - time.time() if grant and any(map(state.is_private, channels)) else None
     last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
     address = request.remote_addr or ""
-    limit, too_many = stream_limit(request.environ, settings.max_connections)
-    refusal = state.reserve_stream(address, limit, too_many)
+    refusal = state.reserve_stream(address, request.environ)
     if refusal is not None:
         return _error(503, refusal, {"Retry-After": str(max(1, settings.retry_ms // 1000))})
     compress = settings.compress and request.accept_encodings["gzip"] > 0
@@ -255,8 +253,8 @@ def enable_cors(app: Flask, settings: Settings) -> None:
     CORS(app, resources={pattern: cors_options(settings.cors_origins)})
 
 
-def _state() -> _State:
-    return t.cast(_State, current_app.extensions["sse"])
+def _state() -> AppState:
+    return t.cast(AppState, current_app.extensions["sse"])
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -19,8 +19,9 @@ from werkzeug.exceptions import HTTPException
 
 from .blueprint import http_error
 from .errors import BrokerUnavailable, DataTooLarge
-from .extension import SSE, check_channel
+from .extension import SSE
 from .resources import resource_dir
+from .state import check_channel
 
 __all__ = ["create_app"]
 

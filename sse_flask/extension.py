@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import dataclasses
 import os
-import re
-import threading
 import time
 import typing as t
 import weakref
 
-import itsdangerous
 from flask import Flask, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from .broker import Broker, make_broker
-from .broker.fanout import Fanout
-from .config import Settings, load_settings
-from .errors import DataTooLarge, InvalidChannel, InvalidToken
-from .events import Event, check_field, encode_data, encode_event
+from .blueprint import blueprint, enable_cors, json_method_not_allowed, warn_open_publish
+from .broker import make_broker
+from .config import load_settings
+from .errors import InvalidChannel
 from .jobs import JOB_PREFIX, Job, is_job, start_job
 from .jobs import TOKEN_SECONDS as JOB_TOKEN_SECONDS
-from .metrics import metrics
+from .state import AppState, Authorizer, check_channel
 from .viewstream import stream_items
 
 __all__ = ["SSE"]
 
-#: The channel a stream or a publish uses when it names none.
-DEFAULT_CHANNEL = "default"
 
-_CHANNEL = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
 
-#: Every app state in this process, so that a stopping worker can end all streams.
-_STATES: weakref.WeakSet[_State] = weakref.WeakSet()
 
-Authorizer = t.Callable[[str], bool]
 
-_TOKEN_SALT = "sse-flask.subscribe"
 
 
 class SSE:
@@ -75,9 +62,8 @@ class SSE:
         if "sse" in app.extensions:
             raise RuntimeError("this app already has an SSE extension; call init_app(app) once per app")
         settings = load_settings(app.config, os.environ)
-        from .blueprint import blueprint, enable_cors, json_method_not_allowed, warn_open_publish
 
-        state = _State(self, settings, make_broker(settings))
+        state = AppState(self, settings, make_broker(settings))
         app.extensions["sse"] = state
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
         handlers = app.error_handler_spec[None]
@@ -87,7 +73,6 @@ class SSE:
             enable_cors(app, settings)
         warn_open_publish(app, settings)
         self._apps.add(app)
-        _STATES.add(state)
 
     def publish(self, data: t.Any, event: str | None = None, channel: str | None = None) -> str:
         """Publish an event to every stream listening on ``channel``; return its id.
@@ -153,7 +138,7 @@ class SSE:
         :raises BrokerUnavailable: if the broker cannot be reached: the job did not start.
         """
         app = self._app()
-        state = t.cast(_State, app.extensions["sse"])
+        state = t.cast(AppState, app.extensions["sse"])
         # The token is signed with the app's SECRET_KEY; a new app context only outside
         # one, since leaving it would run the app's teardown in the middle of a request.
         with contextlib.nullcontext() if has_app_context() else app.app_context():
@@ -207,8 +192,8 @@ class SSE:
             check_channel(channel)
         return str(self._state().token_serializer().dumps({"c": list(channels), "e": time.time() + expires_in}))
 
-    def _state(self) -> _State:
-        return t.cast(_State, self._app().extensions["sse"])
+    def _state(self) -> AppState:
+        return t.cast(AppState, self._app().extensions["sse"])
 
     def _app(self) -> Flask:
         """The current app, or outside an app context the one this extension is set up on."""
@@ -223,143 +208,3 @@ class SSE:
         if not apps:
             raise RuntimeError("this SSE extension has no app; call init_app(app) first")
         raise RuntimeError("this SSE extension serves several apps; publish inside 'with app.app_context():'")
-
-
-@dataclasses.dataclass(eq=False)
-class _State:
-    """What one app's extension holds, in ``app.extensions["sse"]``."""
-
-    sse: SSE
-    settings: Settings
-    broker: Broker
-    #: The app's view streams (``sse.stream``), each on a channel of its own.
-    views: Fanout = dataclasses.field(default_factory=Fanout)
-    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    _streams: int = 0
-    _by_address: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
-
-    def publish(self, data: t.Any, event: str | None, channel: str | None) -> str:
-        """Validate, encode once, and hand the frame to the broker."""
-        channel = check_channel(DEFAULT_CHANNEL if channel is None else channel)
-        if is_job(channel):
-            raise InvalidChannel(f"channel {channel!r} is a job's: only the job publishes to it")
-        frame = self.frame(data, event)
-        started = time.perf_counter()
-        event_id = self.broker.publish(channel, frame)
-        figures = metrics()
-        figures.publish_seconds.observe(time.perf_counter() - started)
-        figures.published.inc()
-        return event_id
-
-    def frame(self, data: t.Any, event: str | None) -> bytes:
-        """``data`` and ``event`` checked and encoded as one frame, without an id.
-
-        :raises ValueError: if the event type or the data is not allowed.
-        :raises DataTooLarge: if the encoded data is over ``SSE_MAX_DATA_BYTES``.
-        """
-        if event is not None:
-            check_field("event type", event)
-        text = encode_data(data)
-        size = len(text.encode("utf-8"))
-        if size > self.settings.max_data_bytes:
-            raise DataTooLarge(
-                f"data is {size} bytes encoded as UTF-8, over the limit of {self.settings.max_data_bytes} (SSE_MAX_DATA_BYTES)"
-            )
-        return encode_event(Event(data=text, event=event))
-
-    def token_serializer(self) -> itsdangerous.URLSafeSerializer:
-        secret = current_app.secret_key if has_app_context() else None
-        if not secret:
-            raise RuntimeError("subscribe tokens are signed with the app's SECRET_KEY; set app.config['SECRET_KEY']")
-        return itsdangerous.URLSafeSerializer(secret, salt=_TOKEN_SALT)
-
-    def read_token(self, token: str | None) -> Grant | None:
-        """The channels ``token`` grants and until when; ``None`` without a token.
-
-        :raises InvalidToken: if it is forged, malformed or expired.
-        """
-        if token is None:
-            return None
-        try:
-            claims = self.token_serializer().loads(token)
-            grant = Grant(frozenset(claims["c"]), float(claims["e"]))
-        except (itsdangerous.BadSignature, RuntimeError, KeyError, TypeError, ValueError):
-            raise InvalidToken("the token is not one this server signed; ask the app for a new one") from None
-        if grant.expires_at <= time.time():
-            raise InvalidToken("the token has expired; ask the app for a new one")
-        return grant
-
-    def refusal(self, channel: str, grant: Grant | None) -> str | None:
-        """Why the current request, holding ``grant``, may not subscribe to ``channel``;
-        ``None`` if it may."""
-        if is_job(channel):
-            # Whatever the authorizer says: the token from start_job is the only way in.
-            if grant is not None and channel in grant.channels:
-                return None
-            return f"channel {channel!r} is a job's: open it with the token that start_job gave"
-        if self.sse._authorize is not None:
-            return None if self.sse._authorize(channel) else f"you may not listen to channel {channel!r}"
-        if self.is_private(channel) and (grant is None or channel not in grant.channels):
-            return f"channel {channel!r} is private: open the stream with a ?token= from the app that grants it"
-        return None
-
-    def is_private(self, channel: str) -> bool:
-        return is_job(channel) or channel.startswith(self.settings.private_prefixes)
-
-    def reserve_stream(self, address: str, limit: int | None, refusal: str) -> str | None:
-        """Take a stream slot for ``address``; return why not if the limits are reached:
-        ``limit`` streams in all (``refusal`` says why; see
-        :func:`sse_flask.servers.stream_limit`) or ``SSE_MAX_STREAMS_PER_ADDRESS``."""
-        settings = self.settings
-        with self._lock:
-            if limit is not None and self._streams >= limit:
-                return refusal
-            if settings.max_streams_per_address and self._by_address[address] >= settings.max_streams_per_address:
-                return f"{address} already has {self._by_address[address]} streams open, the limit per address (SSE_MAX_STREAMS_PER_ADDRESS)"
-            self._streams += 1
-            self._by_address[address] += 1
-        return None
-
-    def release_stream(self, address: str) -> None:
-        with self._lock:
-            self._streams -= 1
-            self._by_address[address] -= 1
-            if not self._by_address[address]:
-                del self._by_address[address]
-
-
-class Grant(t.NamedTuple):
-    """What a subscribe token allows: these channels, until this time (seconds since the epoch)."""
-
-    channels: frozenset[str]
-    expires_at: float
-
-
-def check_channel(channel: t.Any) -> str:
-    """Return ``channel`` if it is an allowed channel name.
-
-    :raises InvalidChannel: quoting the name and what is allowed.
-    """
-    if not isinstance(channel, str) or not _CHANNEL.fullmatch(channel):
-        raise InvalidChannel(
-            f"channel must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, got {channel!r:.140}"
-        )
-    return channel
-
-
-def stop_publishing() -> None:
-    """Refuse publishes whose history would go with this process; a stopping gunicorn
-    worker calls it as soon as it is told to stop, before its streams close."""
-    for state in list(_STATES):
-        state.broker.stop_publishing()
-
-
-def close_all_streams() -> None:
-    """End every open stream in this process, so that clients reconnect elsewhere.
-
-    A stopping gunicorn worker calls it: otherwise it would wait for its streams until the
-    graceful timeout, and its clients would hang until then.
-    """
-    for state in list(_STATES):
-        state.broker.close()
-        state.views.close_all()

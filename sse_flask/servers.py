@@ -25,10 +25,9 @@ import sys
 import threading
 import time
 import typing as t
+import weakref
 
-from .extension import close_all_streams, stop_publishing
-
-__all__ = ["stream_limit", "watch_worker"]
+__all__ = ["close_all_streams", "register", "stop_publishing", "stream_limit", "watch_worker"]
 
 log = logging.getLogger("sse_flask")
 
@@ -56,6 +55,24 @@ _workers: dict[int, t.Any] = {}
 #: Processes that have logged that they refuse every stream.
 _warned: set[int] = set()
 _watched: set[int] = set()
+
+
+class _Streams(t.Protocol):
+    """An app's streams, as :class:`sse_flask.state.AppState` holds them."""
+
+    @property
+    def broker(self) -> t.Any: ...
+    @property
+    def views(self) -> t.Any: ...
+
+
+#: Every app state in this process, so that a stopping worker can end all streams.
+_STATES: weakref.WeakSet[_Streams] = weakref.WeakSet()
+
+
+def register(state: _Streams) -> None:
+    """Have :func:`stop_publishing` and :func:`close_all_streams` reach ``state``'s streams."""
+    _STATES.add(state)
 
 
 def stream_limit(environ: t.Mapping[str, t.Any], max_connections: int) -> tuple[int | None, str]:
@@ -91,6 +108,24 @@ def watch_worker(worker: t.Any) -> None:
     threading.Thread(
         target=_watch, args=(worker,), name="sse-flask worker watch", daemon=True
     ).start()
+
+
+def stop_publishing() -> None:
+    """Refuse publishes whose history would go with this process; a stopping gunicorn
+    worker calls it as soon as it is told to stop, before its streams close."""
+    for state in list(_STATES):
+        state.broker.stop_publishing()
+
+
+def close_all_streams() -> None:
+    """End every open stream in this process, so that clients reconnect elsewhere.
+
+    A stopping gunicorn worker calls it: otherwise it would wait for its streams until the
+    graceful timeout, and its clients would hang until then.
+    """
+    for state in list(_STATES):
+        state.broker.close()
+        state.views.close_all()
 
 
 def _watch(worker: t.Any) -> None:

@@ -55,7 +55,7 @@ _numbers = itertools.count(1)
 class Slots(t.Protocol):
     """Where a worker counts its streams (the app's extension state)."""
 
-    def reserve_stream(self, address: str) -> str | None: ...
+    def reserve_stream(self, address: str, environ: t.Mapping[str, t.Any]) -> str | None: ...
     def release_stream(self, address: str) -> None: ...
 
 
@@ -74,7 +74,7 @@ def stream_items(
             "sse.stream() answers the current request; call it in a view and return what it returns"
         )
     address = request.remote_addr or ""
-    refusal = slots.reserve_stream(address)
+    refusal = slots.reserve_stream(address, request.environ)
     if refusal is not None:
         response = jsonify(error=refusal)
         response.status_code = 503
