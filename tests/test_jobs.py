@@ -20,6 +20,8 @@ from conftest import RedisServer, Server, StreamClient, wait_until
 from sse_flask import SSE
 
 APP = "apps.jobs_app:create_app"
+#: The publish token the servers require: /say is closed without one.
+TOKEN = "jobs-tests-token"
 _names = itertools.count(1)
 
 
@@ -65,7 +67,7 @@ def jobs(
 ) -> Jobs:
     """jobs_app on one worker with the in-process broker, or on two sharing a Redis."""
     notes = tmp_path / "jobs.log"
-    env = {"SSE_HEARTBEAT": "1", "JOBS_LOG": str(notes), **jobs_env}
+    env = {"SSE_HEARTBEAT": "1", "JOBS_LOG": str(notes), "SSE_PUBLISH_TOKEN": TOKEN, **jobs_env}
     if request.param == "memory":
         return Jobs(serve(app=APP, env=env), notes, None)
     redis = request.getfixturevalue("redis_server")
@@ -213,7 +215,7 @@ def test_a_jobs_events_go_after_its_retention(jobs: Jobs) -> None:
 def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(
     serve: t.Callable[..., Server], tmp_path: Path
 ) -> None:
-    server = serve(app=APP, env={"JOBS_LOG": str(tmp_path / "jobs.log")})
+    server = serve(app=APP, env={"JOBS_LOG": str(tmp_path / "jobs.log"), "SSE_PUBLISH_TOKEN": TOKEN})
     response = server.post("/jobs", json={"name": "x", "parts": 1})
     channel, token = response.json()["channel"], response.json()["token"]
     assert channel.startswith("job:") and len(channel) >= 4 + 24
@@ -233,7 +235,11 @@ def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(
                 "token": server.get("/token?channel=job:nothing").text,
             },
         ),
-        "published to": server.post("/say", json={"data": "forged", "channel": channel}),
+        "published to": server.post(
+            "/say",
+            json={"data": "forged", "channel": channel},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ),
     }
     assert {why: response.status_code for why, response in answers.items()} == {
         "no token": 403,

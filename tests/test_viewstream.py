@@ -31,7 +31,7 @@ CLOSE_BOUND = {"sse-flask serve": 2.0, "gunicorn -k gevent": 2.0, "flask run": H
 PAUSE = {"sse-flask serve": 60, "gunicorn -k gevent": 60, "flask run": 0.1}
 
 SLOW_BODY = (
-    b"retry: 3000\n\n"
+    b"retry: 3000\n"
     b"id: 1\ndata: one\n\n"
     b'id: 2\ndata: {"n":2}\n\n'
     b"id: own\nevent: custom\ndata: three\n\n"
@@ -132,7 +132,7 @@ def test_post_streams_what_the_body_asked_for(view_server: ViewServer) -> None:
     response, chunks = read_all("POST", f"{view_server.url}/slow", json={"words": words})
     assert response.status_code == 200
     assert without_heartbeats(b"".join(chunk for _, chunk in chunks)) == (
-        b"retry: 3000\n\n"
+        b"retry: 3000\n"
         b"id: 1\ndata: multi\ndata: line\n\n"
         + "id: 2\ndata: ünï\n\n".encode()
         + b"id: 3\ndata: \n\n"
@@ -144,7 +144,7 @@ def test_post_streams_what_the_body_asked_for(view_server: ViewServer) -> None:
 def test_items_run_in_the_request_context(view_server: ViewServer) -> None:
     _, chunks = read_all("GET", f"{view_server.url}/context?q=asked")
     assert without_heartbeats(b"".join(chunk for _, chunk in chunks)) == (
-        b"retry: 3000\n\nid: 1\ndata: asked\n\nid: 2\ndata: apps.viewstreams\n\n"
+        b"retry: 3000\nid: 1\ndata: asked\n\nid: 2\ndata: apps.viewstreams\n\n"
         b'id: 3\nevent: done\ndata: {"items":2}\n\n'
     )
 
@@ -153,7 +153,7 @@ def test_an_exception_sends_a_safe_error_and_ends(view_server: ViewServer) -> No
     _, chunks = read_all("GET", f"{view_server.url}/fails")
     body = without_heartbeats(b"".join(chunk for _, chunk in chunks))
     assert body == (
-        b"retry: 3000\n\nid: 1\ndata: before\n\n"
+        b"retry: 3000\nid: 1\ndata: before\n\n"
         b"id: 2\nevent: error\n"
         b'data: {"error":"the stream failed on the server; '
         b"the details are in the server's log\"}\n\n"
