@@ -24,14 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import compression, procs, report  # noqa: E402
-from harness.scenario import Plan, run_scenario  # noqa: E402
-from harness.servers import BENCH_DIR, SERVERS, build_go  # noqa: E402
+from harness import compression, procs, report
+from harness.scenario import Plan, run_scenario
+from harness.servers import BENCH_DIR, SERVERS, build_go
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1,000 streams, 3 s throughput, 10 events at 5/s")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1,000 streams, 3 s throughput, 10 events at 5/s"
+    )
     parser.add_argument("--only", help=f"comma-separated servers, of: {', '.join(SERVERS)}")
     parser.add_argument("--skip", help="comma-separated servers to leave out")
     parser.add_argument("--streams", help="fanout sizes, comma-separated (default 1000,5000,10000)")
@@ -41,15 +45,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, help="fanout events (default 20)")
     parser.add_argument("--rate", type=float, help="fanout events per second (default 2)")
     parser.add_argument(
-        "--wait-quiet", type=float, default=0, metavar="SECONDS",
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
         help="before each measurement, wait up to this long for both cores to be under 25%% busy",
     )
     parser.add_argument("--no-throughput", action="store_true", help="fanout only")
     parser.add_argument("--no-fanout", action="store_true", help="throughput only")
-    parser.add_argument("--no-gzip", action="store_true", help="leave out the SSE_COMPRESS byte saving")
-    parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results, or results/quick)")
-    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only rewrite the report from a results.json")
-    parser.add_argument("--profile", action="store_true", help="py-spy record the sse_flask worker over each measurement window")
+    parser.add_argument(
+        "--no-gzip", action="store_true", help="leave out the SSE_COMPRESS byte saving"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default benchmarks/results, or results/quick)"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only rewrite the report from a results.json",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record the sse_flask worker over each measurement window",
+    )
     args = parser.parse_args(argv)
 
     if args.report:
@@ -65,7 +85,14 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = Plan(server_cpu=server_cpu, load_cpu=load_cpu)
     if args.quick:
-        plan = Plan(server_cpu=server_cpu, load_cpu=load_cpu, duration=3.0, streams=(1000,), events=10, rate=5.0)
+        plan = Plan(
+            server_cpu=server_cpu,
+            load_cpu=load_cpu,
+            duration=3.0,
+            streams=(1000,),
+            events=10,
+            rate=5.0,
+        )
     overrides: dict[str, t.Any] = {}
     if args.streams:
         overrides["streams"] = tuple(int(n) for n in args.streams.split(","))
@@ -85,21 +112,30 @@ def main(argv: list[str] | None = None) -> int:
     saved: list[dict[str, t.Any]] = []
     started = time.monotonic()
     try:
-        binaries = build_go(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench")
+        binaries = build_go(
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench"
+        )
         with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
             scenarios = [] if args.no_throughput else [("throughput", plan.clients)]
             scenarios += [] if args.no_fanout else [("fanout", n) for n in plan.streams]
             for mode, streams in scenarios:
                 for name in names:
-                    print(f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {streams:,} streams", flush=True)
+                    print(
+                        f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {streams:,} streams",
+                        flush=True,
+                    )
                     profile = None
                     if args.profile and SERVERS[name].ours:
                         profile = out / f"profile-{name}-{mode}-{streams}.speedscope.json"
-                    result = run_scenario(SERVERS[name], mode, streams, plan, binaries, Path(tmp), profile=profile)
+                    result = run_scenario(
+                        SERVERS[name], mode, streams, plan, binaries, Path(tmp), profile=profile
+                    )
                     results.append(result)
                     print("         " + _one_line(result), flush=True)
             if "sse_flask" in names and not args.no_gzip:
-                print(f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True)
+                print(
+                    f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True
+                )
                 try:
                     saved = compression.measure(Path(tmp), cpu=server_cpu)
                 except Exception as e:  # a failure here must not lose the figures already taken
@@ -120,10 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_model()}",
         "server_cpu": server_cpu,
         "load_cpu": load_cpu,
-        "environment": ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("SSE_")),
+        "environment": ", ".join(
+            f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("SSE_")
+        ),
         "seconds": round(time.monotonic() - started),
         "loadavg": loadavg,
-        **{key: getattr(plan, key) for key in ("clients", "publishers", "duration", "events", "rate")},
+        **{
+            key: getattr(plan, key)
+            for key in ("clients", "publishers", "duration", "events", "rate")
+        },
         "streams": list(plan.streams),
         "compression": saved,
     }
@@ -135,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
 def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: Path) -> None:
     text = report.markdown(results, meta)
     (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=1) + "\n"
+    )
     drawn = report.plot(results, out / "fanout.png")
     print()
     print(text)
-    print(f"written: {out / 'results.md'}, {out / 'results.json'}" + (f", {out / 'fanout.png'}" if drawn else ""))
+    print(
+        f"written: {out / 'results.md'}, {out / 'results.json'}"
+        + (f", {out / 'fanout.png'}" if drawn else "")
+    )
 
 
 def _select(only: str | None, skip: str | None) -> list[str]:
@@ -164,7 +210,9 @@ def _one_line(r: dict[str, t.Any]) -> str:
         parts.insert(0, f"{load['deliveries_per_second']:,.0f} deliveries/s")
     if lat:
         parts.append(f"p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f} ms")
-    parts.append(f"server CPU {r['server_cpu_percent'] + r['redis_cpu_percent']:.0f}%, load CPU {r['load_cpu_percent']:.0f}%")
+    parts.append(
+        f"server CPU {r['server_cpu_percent'] + r['redis_cpu_percent']:.0f}%, load CPU {r['load_cpu_percent']:.0f}%"
+    )
     parts.append(f"{r['memory_per_stream'] / 1024:.1f} KiB/stream")
     return "; ".join(parts)
 

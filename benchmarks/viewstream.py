@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import procs  # noqa: E402
+from harness import procs
 
 PEERS = Path(__file__).resolve().parent / "peers"
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -179,7 +179,7 @@ def table(results: dict[str, dict[str, float]], streams: int, count: int) -> str
     for label, key, fmt, higher in rows:
         scale = 1 / 1024 if key == "bytes_per_stream" else 1
 
-        def ratio(peer: str) -> str:
+        def ratio(peer: str, key: str = key, higher: bool = higher) -> str:
             ours, theirs = base[key], results[peer][key]
             if not ours or not theirs:
                 return "-"

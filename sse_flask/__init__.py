@@ -29,6 +29,7 @@ from .jobs import Job
 __version__ = "0.1.0"
 
 __all__ = [
+    "SSE",
     "BrokerUnavailable",
     "ConfigError",
     "DataTooLarge",
@@ -37,7 +38,6 @@ __all__ = [
     "InvalidInput",
     "InvalidToken",
     "Job",
-    "SSE",
     "SSEError",
     "UnknownJob",
     "encode_comment",

@@ -43,9 +43,25 @@ def main() -> None:
 @click.option(
     "--bind", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on."
 )
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="gevent worker processes.")
-@click.option("--broker", envvar="SSE_BROKER_URL", help="redis:// URL shared by every worker; default in-process.")
-@click.option("--app", "app_uri", default="sse_flask.demo:create_app", show_default=True, help="MODULE:FACTORY or MODULE:APP.")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="gevent worker processes.",
+)
+@click.option(
+    "--broker",
+    envvar="SSE_BROKER_URL",
+    help="redis:// URL shared by every worker; default in-process.",
+)
+@click.option(
+    "--app",
+    "app_uri",
+    default="sse_flask.demo:create_app",
+    show_default=True,
+    help="MODULE:FACTORY or MODULE:APP.",
+)
 def serve(bind: str, workers: int, broker: str | None, app_uri: str) -> None:
     """Serve the app under gunicorn with gevent workers.
 
@@ -77,11 +93,21 @@ def serve(bind: str, workers: int, broker: str | None, app_uri: str) -> None:
 )
 @click.option("--channel", help="Channel to publish on; default 'default'.")
 @click.option("--event", help="Event type; default 'message'.")
-@click.option("--stdin", "from_stdin", is_flag=True, help="Publish each line read from standard input.")
-@click.option("--token", envvar="SSE_PUBLISH_TOKEN", help="Bearer token, if the server requires one.")
+@click.option(
+    "--stdin", "from_stdin", is_flag=True, help="Publish each line read from standard input."
+)
+@click.option(
+    "--token", envvar="SSE_PUBLISH_TOKEN", help="Bearer token, if the server requires one."
+)
 @click.option("--broker", help="Publish straight to this redis:// broker instead of over HTTP.")
 def say(
-    message: str | None, url: str, channel: str | None, event: str | None, from_stdin: bool, token: str | None, broker: str | None
+    message: str | None,
+    url: str,
+    channel: str | None,
+    event: str | None,
+    from_stdin: bool,
+    token: str | None,
+    broker: str | None,
 ) -> None:
     """Publish MESSAGE, or each line of standard input with --stdin; prints each event's id.
 
@@ -98,7 +124,12 @@ def say(
 
 @main.command()
 @click.argument("url", default=DEFAULT_URL)
-@click.option("--channel", "channels", multiple=True, help="Channel to listen to; may repeat; default 'default'.")
+@click.option(
+    "--channel",
+    "channels",
+    multiple=True,
+    help="Channel to listen to; may repeat; default 'default'.",
+)
 def listen(url: str, channels: tuple[str, ...]) -> None:
     """Print events from URL (or HOST:PORT) as they arrive, resuming after a drop.
 
@@ -182,5 +213,3 @@ def _broker_publisher(broker_url: str) -> t.Callable[..., str]:
             raise click.ClickException(str(e)) from None
 
     return publish
-
-

@@ -70,7 +70,9 @@ class _CookieSessionsOnDemand(SecureCookieSessionInterface):
 
 def create_app() -> Flask:
     """Return the demo app; ``SSE_*`` settings and ``SECRET_KEY`` come from the environment."""
-    app = Flask(__name__, template_folder=resource_dir("templates"), static_folder=resource_dir("static"))
+    app = Flask(
+        __name__, template_folder=resource_dir("templates"), static_folder=resource_dir("static")
+    )
     # Subscribe tokens are signed with SECRET_KEY. Without one in the environment, each
     # process makes up its own: fine for one worker, but with several (--workers N) a token
     # minted by one worker is refused by the others, so set SECRET_KEY for them to share.
@@ -108,7 +110,9 @@ def create_app() -> Flask:
         except ValueError:
             seconds = math.nan
         if not math.isfinite(seconds) or seconds <= 0:
-            return jsonify(error=f"seconds must be a positive number (at most {INBOX_TOKEN_SECONDS} are granted)"), 400
+            return jsonify(
+                error=f"seconds must be a positive number (at most {INBOX_TOKEN_SECONDS} are granted)"
+            ), 400
         seconds = min(seconds, INBOX_TOKEN_SECONDS)
         token = sse.subscribe_token(channel, expires_in=seconds)
         response = jsonify(channel=channel, token=token, expires_in=seconds)

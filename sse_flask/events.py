@@ -71,11 +71,15 @@ def encode_data(data: t.Any) -> str:
         try:
             text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError, RecursionError) as e:
-            raise ValueError(f"data must be a string or a JSON value, got {_quote(data)}: {e}") from None
+            raise ValueError(
+                f"data must be a string or a JSON value, got {_quote(data)}: {e}"
+            ) from None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ValueError(f"data must be valid Unicode text: {e.reason} at position {e.start}") from None
+        raise ValueError(
+            f"data must be valid Unicode text: {e.reason} at position {e.start}"
+        ) from None
     return text
 
 
@@ -153,5 +157,7 @@ def _quote(data: t.Any) -> str:
 
 def _retry_line(milliseconds: int) -> str:
     if not isinstance(milliseconds, int) or isinstance(milliseconds, bool) or milliseconds < 0:
-        raise ValueError(f"retry must be a non-negative integer of milliseconds, got {milliseconds!r}")
+        raise ValueError(
+            f"retry must be a non-negative integer of milliseconds, got {milliseconds!r}"
+        )
     return f"retry: {milliseconds}"

@@ -32,17 +32,30 @@ class Metrics:
         self.streams_open: Gauge = Gauge(
             "sse_streams_open", "Event streams open now.", multiprocess_mode="livesum"
         )
-        self.published: Counter = Counter("sse_events_published", "Events published from this server.")
-        self.frames_sent: Counter = Counter("sse_frames_sent", "Events written to streams, replays included.")
+        self.published: Counter = Counter(
+            "sse_events_published", "Events published from this server."
+        )
+        self.frames_sent: Counter = Counter(
+            "sse_frames_sent", "Events written to streams, replays included."
+        )
         self.bytes_sent: Counter = Counter("sse_bytes_sent", "Bytes written to streams.")
-        self.dropped: Counter = Counter("sse_slow_consumers_dropped", "Streams cut off for falling SSE_QUEUE_SIZE events behind.")
+        self.dropped: Counter = Counter(
+            "sse_slow_consumers_dropped",
+            "Streams cut off for falling SSE_QUEUE_SIZE events behind.",
+        )
         self.replays: Counter = Counter("sse_replays", "Streams resumed after a Last-Event-ID.")
-        self.missed: Counter = Counter("sse_missed_sent", "'missed' events sent: resumes whose id was unknown or too old.")
+        self.missed: Counter = Counter(
+            "sse_missed_sent", "'missed' events sent: resumes whose id was unknown or too old."
+        )
         self.publish_seconds: Histogram = Histogram(
-            "sse_publish_latency_seconds", "Time for the broker to accept a publish.", buckets=_LATENCY_BUCKETS
+            "sse_publish_latency_seconds",
+            "Time for the broker to accept a publish.",
+            buckets=_LATENCY_BUCKETS,
         )
         self.fanout_seconds: Histogram = Histogram(
-            "sse_fanout_duration_seconds", "Time to queue one event for every local stream of its channel.", buckets=_LATENCY_BUCKETS
+            "sse_fanout_duration_seconds",
+            "Time to queue one event for every local stream of its channel.",
+            buckets=_LATENCY_BUCKETS,
         )
 
 

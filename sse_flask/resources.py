@@ -18,4 +18,6 @@ def resource_dir(name: str) -> str:
     for folder in (package / name, package.parent / name):
         if folder.is_dir():
             return str(folder)
-    raise RuntimeError(f"the folder {name!r} of sse_flask is missing; reinstall with 'pip install sse-flask'")
+    raise RuntimeError(
+        f"the folder {name!r} of sse_flask is missing; reinstall with 'pip install sse-flask'"
+    )

@@ -92,7 +92,9 @@ class AppState:
     def token_serializer(self) -> itsdangerous.URLSafeSerializer:
         secret = current_app.secret_key if has_app_context() else None
         if not secret:
-            raise RuntimeError("subscribe tokens are signed with the app's SECRET_KEY; set app.config['SECRET_KEY']")
+            raise RuntimeError(
+                "subscribe tokens are signed with the app's SECRET_KEY; set app.config['SECRET_KEY']"
+            )
         return itsdangerous.URLSafeSerializer(secret, salt=_TOKEN_SALT)
 
     def read_token(self, token: str | None) -> Grant | None:
@@ -106,7 +108,9 @@ class AppState:
             claims = self.token_serializer().loads(token)
             grant = Grant(frozenset(claims["c"]), float(claims["e"]))
         except (itsdangerous.BadSignature, RuntimeError, KeyError, TypeError, ValueError):
-            raise InvalidToken("the token is not one this server signed; ask the app for a new one") from None
+            raise InvalidToken(
+                "the token is not one this server signed; ask the app for a new one"
+            ) from None
         if grant.expires_at <= time.time():
             raise InvalidToken("the token has expired; ask the app for a new one")
         return grant
@@ -120,7 +124,11 @@ class AppState:
                 return None
             return f"channel {channel!r} is a job's: open it with the token that start_job gave"
         if self.sse._authorize is not None:
-            return None if self.sse._authorize(channel) else f"you may not listen to channel {channel!r}"
+            return (
+                None
+                if self.sse._authorize(channel)
+                else f"you may not listen to channel {channel!r}"
+            )
         if self.is_private(channel) and (grant is None or channel not in grant.channels):
             return f"channel {channel!r} is private: open the stream with a ?token= from the app that grants it"
         return None
@@ -137,7 +145,10 @@ class AppState:
         with self._lock:
             if limit is not None and self._streams >= limit:
                 return refusal
-            if settings.max_streams_per_address and self._by_address[address] >= settings.max_streams_per_address:
+            if (
+                settings.max_streams_per_address
+                and self._by_address[address] >= settings.max_streams_per_address
+            ):
                 return f"{address} already has {self._by_address[address]} streams open, the limit per address (SSE_MAX_STREAMS_PER_ADDRESS)"
             self._streams += 1
             self._by_address[address] += 1
@@ -168,4 +179,3 @@ def check_channel(channel: t.Any) -> str:
             f"channel must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, got {channel!r:.140}"
         )
     return channel
-

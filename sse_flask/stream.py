@@ -17,6 +17,7 @@ socket themselves, through the writer the worker gives it (:meth:`EventStream.wr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -228,7 +229,10 @@ def stream_response(stream: EventStream, *, negotiated: bool) -> Response:
     # direct_passthrough: the server iterates the stream itself, without werkzeug's two
     # wrapping generators around each chunk (the stream yields bytes, and closes itself).
     response = Response(
-        stream, headers=STREAM_HEADERS, content_type="text/event-stream; charset=utf-8", direct_passthrough=True
+        stream,
+        headers=STREAM_HEADERS,
+        content_type="text/event-stream; charset=utf-8",
+        direct_passthrough=True,
     )
     if negotiated:
         response.vary.add("Accept-Encoding")
@@ -278,7 +282,9 @@ class _PeerWatch:
     client will never read.
     """
 
-    def __init__(self, sock: socket.socket, subscription: Subscription, watcher: _IOWatcher | None) -> None:
+    def __init__(
+        self, sock: socket.socket, subscription: Subscription, watcher: _IOWatcher | None
+    ) -> None:
         self._sock = sock
         self._subscription = subscription
         self._watcher = watcher
@@ -324,10 +330,8 @@ class _PeerWatch:
         self._subscription.wake()
 
     def _on_drop(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 def _client_socket(environ: t.Mapping[str, t.Any]) -> socket.socket | None:

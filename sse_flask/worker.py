@@ -73,7 +73,7 @@ class _SocketWriter:
     stream waits, so nothing else writes to the socket meanwhile.
     """
 
-    __slots__ = ("rest", "_response", "_sock", "_send", "_thread", "_hub_thread")
+    __slots__ = ("_hub_thread", "_response", "_send", "_sock", "_thread", "rest")
 
     def __init__(self, response: Response) -> None:
         #: What the socket did not take of the last chunk; the stream writes it, blocking,

@@ -155,7 +155,11 @@ class Server:
         """Graceful reload (SIGHUP): new workers boot, old ones are sent SIGTERM."""
         old = set(self.worker_pids())
         self.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers, 30, "workers to reload")
+        wait_until(
+            lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers,
+            30,
+            "workers to reload",
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -173,7 +177,12 @@ class Server:
 
     def _healthy(self) -> bool:
         with contextlib.suppress(requests.RequestException):
-            return requests.get(self.url + self.prefix + "/healthz", timeout=2, headers=_CLOSE).status_code == 200
+            return (
+                requests.get(
+                    self.url + self.prefix + "/healthz", timeout=2, headers=_CLOSE
+                ).status_code
+                == 200
+            )
         return False
 
 
@@ -244,10 +253,22 @@ def serve(tmp_path: Path) -> t.Iterator[t.Callable[..., Server]]:
     """
     servers: list[Server] = []
 
-    def start(*, app: str | None = None, workers: int = 1, broker: str | None = None, env: dict[str, str] | None = None) -> Server:
+    def start(
+        *,
+        app: str | None = None,
+        workers: int = 1,
+        broker: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Server:
         args = (["--app", app] if app else []) + (["--broker", broker] if broker else [])
         env = env or {}
-        server = Server(args, env, tmp_path / f"gunicorn-{len(servers)}.log", workers, env.get("SSE_URL_PREFIX", ""))
+        server = Server(
+            args,
+            env,
+            tmp_path / f"gunicorn-{len(servers)}.log",
+            workers,
+            env.get("SSE_URL_PREFIX", ""),
+        )
         servers.append(server)
         return server
 
@@ -286,8 +307,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         REPO,
         source,
         ignore=shutil.ignore_patterns(
-            ".git", "tests", "benchmarks", "build", "dist", "*.egg-info", "__pycache__",
-            ".*_cache", ".hypothesis", ".venv",
+            ".git",
+            "tests",
+            "benchmarks",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            ".venv",
         ),
     )
     out = tmp_path_factory.mktemp("wheelhouse")
@@ -343,7 +372,19 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -360,7 +401,10 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
     def _pong(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+        ):
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
         return False
@@ -378,11 +422,21 @@ def redis_server(tmp_path: Path) -> t.Iterator[RedisServer]:
 class StreamClient:
     """An event stream read with httpx-sse, a parser we did not write."""
 
-    def __init__(self, url: str, *, channels: t.Sequence[str] = (), last_event_id: str | None = None, params: dict[str, str] | None = None, timeout: float = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        channels: t.Sequence[str] = (),
+        last_event_id: str | None = None,
+        params: dict[str, str] | None = None,
+        timeout: float = 10,
+    ) -> None:
         headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         query = [("channel", channel) for channel in channels] + list((params or {}).items())
         self._client = httpx.Client(timeout=httpx.Timeout(timeout))
-        self._context = httpx_sse.connect_sse(self._client, "GET", url + "/events", params=query, headers=headers)
+        self._context = httpx_sse.connect_sse(
+            self._client, "GET", url + "/events", params=query, headers=headers
+        )
         self.source = self._context.__enter__()
         self.response = self.source.response
         self._events = self.source.iter_sse()
@@ -434,9 +488,17 @@ def stream() -> t.Iterator[t.Callable[..., StreamClient]]:
 class RawStream:
     """A stream read over a plain socket, for exact bytes and for clients that misbehave."""
 
-    def __init__(self, port: int, path: str = "/events", headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int, path: str = "/events", headers: dict[str, str] | None = None
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in (headers or {}).items()), "", ""]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            "Host: 127.0.0.1",
+            *(f"{k}: {v}" for k, v in (headers or {}).items()),
+            "",
+            "",
+        ]
         self.sock.sendall("\r\n".join(lines).encode())
         self.received = b""
 
@@ -449,9 +511,13 @@ class RawStream:
             try:
                 chunk = self.sock.recv(65536)
             except TimeoutError:
-                raise AssertionError(f"timed out waiting for {marker!r}; received {self.received[-500:]!r}") from None
+                raise AssertionError(
+                    f"timed out waiting for {marker!r}; received {self.received[-500:]!r}"
+                ) from None
             if not chunk:
-                raise AssertionError(f"connection closed before {marker!r}; received {self.received[-500:]!r}")
+                raise AssertionError(
+                    f"connection closed before {marker!r}; received {self.received[-500:]!r}"
+                )
             self.received += chunk
         return self.received
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import Server, wait_until
 
 if t.TYPE_CHECKING:
@@ -29,7 +28,9 @@ STATUS = "document.getElementById('status').textContent"
 
 
 @pytest.fixture
-def context(browser: Browser, serve: t.Callable[..., Server], request: pytest.FixtureRequest) -> t.Iterator[BrowserContext]:
+def context(
+    browser: Browser, serve: t.Callable[..., Server], request: pytest.FixtureRequest
+) -> t.Iterator[BrowserContext]:
     """A fresh browser profile; its pages are screenshot if the test fails, and any
     uncaught error in a page fails the test. It closes before the servers stop (it
     depends on ``serve``), so that no stream keeps a stopping worker waiting."""
@@ -121,7 +122,9 @@ def test_page_opens_and_shows_each_message_at_once(context: BrowserContext, serv
     # publish writes to the stream's socket before it answers.
     page.wait_for_function("document.getElementById('message').value === ''", timeout=5_000)
     assert page.text_content("#last-id") == typed["id"]
-    page.wait_for_function("document.getElementById('consumers').textContent === '1'", timeout=10_000)
+    page.wait_for_function(
+        "document.getElementById('consumers').textContent === '1'", timeout=10_000
+    )
     # No CDN: the page, its scripts, its worker and its stream all come from the server.
     assert requested and all(url.startswith(server.url + "/") for url in requested), requested
 
@@ -144,19 +147,28 @@ def test_data_is_shown_as_text_never_as_html(context: BrowserContext, server: Se
     assert page.evaluate("window.injected") is None
 
 
-def test_channel_picker_listens_to_the_channels_chosen(context: BrowserContext, server: Server) -> None:
+def test_channel_picker_listens_to_the_channels_chosen(
+    context: BrowserContext, server: Server
+) -> None:
     page = open_demo(context, server.url)
     page.fill("#channels", "news alerts")
     page.press("#channels", "Enter")
     wait_for_status(page, "open")
-    wait_until(lambda: server.stats()["channels"] == {"alerts": 1, "news": 1}, 10, "one stream on news and alerts")
+    wait_until(
+        lambda: server.stats()["channels"] == {"alerts": 1, "news": 1},
+        10,
+        "one stream on news and alerts",
+    )
     assert "channel=alerts&channel=news" in page.url
 
     server.say("on default")
     server.say("on news", channel="news")
     server.say("on alerts", channel="alerts", event="alert")
     wait_for_message(page, "on alerts")
-    assert [(m["type"], m["data"]) for m in messages(page, event_type=None)] == [("message", "on news"), ("alert", "on alerts")]
+    assert [(m["type"], m["data"]) for m in messages(page, event_type=None)] == [
+        ("message", "on news"),
+        ("alert", "on alerts"),
+    ]
 
     # The send form publishes to the first channel listened to unless told otherwise.
     page.fill("#message", "from the form")
@@ -164,7 +176,9 @@ def test_channel_picker_listens_to_the_channels_chosen(context: BrowserContext, 
     wait_for_message(page, "from the form", timeout=1)
 
 
-def test_page_is_keyboard_friendly_and_fits_a_phone(context: BrowserContext, server: Server) -> None:
+def test_page_is_keyboard_friendly_and_fits_a_phone(
+    context: BrowserContext, server: Server
+) -> None:
     page = open_demo(context, server.url)
     page.set_viewport_size({"width": 360, "height": 740})
     server.say("a rather long message " * 20)
@@ -183,9 +197,20 @@ def test_page_is_keyboard_friendly_and_fits_a_phone(context: BrowserContext, ser
     page.focus("a.skip")
     reached = []
     for _ in range(8):
-        reached.append(page.evaluate("document.activeElement.id || document.activeElement.textContent"))
+        reached.append(
+            page.evaluate("document.activeElement.id || document.activeElement.textContent")
+        )
         page.keyboard.press("Tab")
-    assert reached == ["Skip to the message box", "channels", "Listen", "message", "event-type", "say-channel", "Send", "clear"]
+    assert reached == [
+        "Skip to the message box",
+        "channels",
+        "Listen",
+        "message",
+        "event-type",
+        "say-channel",
+        "Send",
+        "clear",
+    ]
 
 
 def test_helper_api_typed_handlers_and_json(context: BrowserContext, server: Server) -> None:
@@ -211,7 +236,9 @@ def test_helper_api_typed_handlers_and_json(context: BrowserContext, server: Ser
     server.say("plain text", channel="api2")
     server.say("last", channel="api")
     server.say("after off", channel="api")
-    page.wait_for_function("got.some(g => g[0] === '*' && g[1] === 'message') && got.filter(g => g[0] === '*').length === 4")
+    page.wait_for_function(
+        "got.some(g => g[0] === '*' && g[1] === 'message') && got.filter(g => g[0] === '*').length === 4"
+    )
     assert page.evaluate("got") == [
         ["state", "connecting"],
         ["state", "open"],
@@ -225,14 +252,18 @@ def test_helper_api_typed_handlers_and_json(context: BrowserContext, server: Ser
     ]
     assert server.stats()["channels"] == {"api": 1, "api2": 1, "elsewhere": 1}
     page.evaluate("api.close()")
-    wait_until(lambda: server.stats()["channels"] == {"elsewhere": 1}, 10, "the helper's stream to close")
+    wait_until(
+        lambda: server.stats()["channels"] == {"elsewhere": 1}, 10, "the helper's stream to close"
+    )
     assert page.evaluate("api.state") == "closed"
 
 
 # ---------------------------------------------------------------- resilience
 
 
-def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
+def test_restart_shows_reconnecting_then_every_event_in_order(
+    context: BrowserContext, serve: t.Callable[..., Server]
+) -> None:
     """Graceful restart (SIGHUP): the old worker closes its streams, the page reconnects to
     the new worker with Last-Event-ID and gets `missed` (the in-process history died with
     the old worker) and then everything the new one retained. Every publish accepted
@@ -255,7 +286,12 @@ def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserCo
             data = f"during {number}"
             while True:
                 with contextlib.suppress(requests.RequestException):
-                    if requests.post(server.url + "/say", json={"data": data}, timeout=5).status_code == 200:
+                    if (
+                        requests.post(
+                            server.url + "/say", json={"data": data}, timeout=5
+                        ).status_code
+                        == 200
+                    ):
                         accepted.append(data)
                         break
                 stop.wait(0.05)
@@ -267,7 +303,9 @@ def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserCo
         wait_until(lambda: len(accepted) > 8, 10, "a few events published before the restart")
         server.reload()
         published = len(accepted)
-        wait_until(lambda: len(accepted) > published + 5, 10, "a few events published after the restart")
+        wait_until(
+            lambda: len(accepted) > published + 5, 10, "a few events published after the restart"
+        )
     finally:
         stop.set()
         publisher.join()
@@ -284,7 +322,9 @@ def test_restart_shows_reconnecting_then_every_event_in_order(context: BrowserCo
     assert missed, "the page was not told that the new worker does not have the old one's history"
 
 
-def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
+def test_helper_backs_off_honours_retry_after_and_resumes(
+    context: BrowserContext, serve: t.Callable[..., Server]
+) -> None:
     """A 500 and a 503 would make EventSource give up for good; sse-flask.js waits (at
     least Retry-After) and comes back with the last event id, missing nothing.
 
@@ -319,19 +359,27 @@ def test_helper_backs_off_honours_retry_after_and_resumes(context: BrowserContex
     (_, _, _), (at_503, _, _), (at_retry, _, _) = attempts
     assert at_retry - at_503 >= 2.0, "reconnected before Retry-After"
     assert at_retry - at_503 < 2.0 * 1.25 + 1.0
-    assert [m["data"] for m in messages(page, event_type=None)] == ["before the outage", "during the outage 1", "during the outage 2"]
+    assert [m["data"] for m in messages(page, event_type=None)] == [
+        "before the outage",
+        "during the outage 1",
+        "during the outage 2",
+    ]
     details = " | ".join(page.evaluate("window.details"))
     assert "500" in details and "503" in details and "fault injected" in details, details
     assert "closed" not in page.evaluate("window.states")
 
 
-def test_refused_channel_closes_with_the_servers_reason(context: BrowserContext, serve: t.Callable[..., Server]) -> None:
+def test_refused_channel_closes_with_the_servers_reason(
+    context: BrowserContext, serve: t.Callable[..., Server]
+) -> None:
     server = serve(app="apps.browser_faults:create_app")
     page = context.new_page()
     page.goto(server.url + "/?channel=forbidden")
     wait_for_status(page, "closed")
-    assert "403" in page.text_content("#status-detail")
-    assert "you may not listen to channel 'forbidden'" in page.text_content("#status-detail")
+    assert "403" in (page.text_content("#status-detail") or "")
+    assert "you may not listen to channel 'forbidden'" in (
+        page.text_content("#status-detail") or ""
+    )
 
 
 # ---------------------------------------------------------------- one stream for all tabs
@@ -381,11 +429,14 @@ def test_tabs_leave_and_the_stream_closes(context: BrowserContext, server: Serve
 
 PARSER_CASES: list[tuple[list[str], list[tuple[str, str, str | None]]]] = [
     (["data: a\n\n"], [("message", "a", None)]),
-    (["data: a\r\n\r\n", "data: b\r\r", "data: c\n\n"], [("message", "a", None), ("message", "b", None), ("message", "c", None)]),
+    (
+        ["data: a\r\n\r\n", "data: b\r\r", "data: c\n\n"],
+        [("message", "a", None), ("message", "b", None), ("message", "c", None)],
+    ),
     # CRLF split across chunks is one line break, not two.
     (["data: a\r", "\ndata: b\r", "\n\r", "\n"], [("message", "a\nb", None)]),
     (["da", "ta", ":", " x", "\n", "\n"], [("message", "x", None)]),
-    (["event: order\nid: e-1\ndata: {\"n\": 1}\n\n"], [("order", '{"n": 1}', "e-1")]),
+    (['event: order\nid: e-1\ndata: {"n": 1}\n\n'], [("order", '{"n": 1}', "e-1")]),
     (["data:no space\ndata:  two spaces\n\n"], [("message", "no space\n two spaces", None)]),
     ([": heartbeat\n\ndata\n\n"], [("message", "", None)]),
     (["id: e-2\n\n", "event: ping\n\n", "data: after\n\n"], [("message", "after", None)]),
@@ -408,10 +459,14 @@ def test_parser_reads_streams_as_the_standard_says(context: BrowserContext, serv
             chunks,
         )
         assert [tuple(event) for event in events] == expected, chunks
-    retries = page.evaluate("""() => { const r = []; new SSEFlask.Parser("", () => {}, v => r.push(v)).feed("retry: 1234\\nretry: soon\\nretry: 5s\\n\\n"); return r; }""")
+    retries = page.evaluate(
+        """() => { const r = []; new SSEFlask.Parser("", () => {}, v => r.push(v)).feed("retry: 1234\\nretry: soon\\nretry: 5s\\n\\n"); return r; }"""
+    )
     assert retries == [1234]
     # An id with NUL is ignored; the last good one is what a reconnection sends.
-    last = page.evaluate("""() => { const p = new SSEFlask.Parser("", () => {}, () => {}); p.feed("id: e-2\\n\\nid: a\\u0000b\\n\\n"); return p.lastEventId; }""")
+    last = page.evaluate(
+        """() => { const p = new SSEFlask.Parser("", () => {}, () => {}); p.feed("id: e-2\\n\\nid: a\\u0000b\\n\\n"); return p.lastEventId; }"""
+    )
     assert last == "e-2"
 
 
@@ -423,7 +478,11 @@ INBOX_STATUS = "document.getElementById('inbox-status').textContent"
 
 def inbox_messages(page: Page) -> list[str]:
     """The data of each message in the inbox, oldest first."""
-    return list(page.evaluate("[...document.querySelectorAll('#inbox-messages .data')].reverse().map(e => e.textContent)"))
+    return list(
+        page.evaluate(
+            "[...document.querySelectorAll('#inbox-messages .data')].reverse().map(e => e.textContent)"
+        )
+    )
 
 
 def wait_for_inbox_message(page: Page, data: str, timeout: float = 10) -> None:
@@ -452,9 +511,11 @@ def test_inbox_shows_its_users_messages_only(context: BrowserContext, server: Se
     page.fill("#inbox-user", "alice")
     page.press("#inbox-user", "Enter")
     wait_for_inbox_status(page, "open")
-    assert "token valid until" in page.text_content("#inbox-detail")
+    assert "token valid until" in (page.text_content("#inbox-detail") or "")
     assert "inbox=alice" in page.url
-    wait_until(lambda: server.stats()["channels"].get("user:alice") == 1, 10, "alice's inbox stream")
+    wait_until(
+        lambda: server.stats()["channels"].get("user:alice") == 1, 10, "alice's inbox stream"
+    )
 
     say_to(server, "bob", "for bob")
     say_to(server, "alice", "<b>for alice</b>")
@@ -471,7 +532,7 @@ def test_inbox_shows_its_users_messages_only(context: BrowserContext, server: Se
     assert [m["data"] for m in messages(page)] == ["on default"]
     assert page.locator("#inbox-messages b").count() == 0
     curl = """/inbox-say -H 'Content-Type: application/json' -d '{"user":"alice","data":"hi"}'"""
-    assert curl in page.text_content("#inbox-curl")
+    assert curl in (page.text_content("#inbox-curl") or "")
     page.set_viewport_size({"width": 360, "height": 740})
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
 
@@ -487,7 +548,9 @@ def test_an_inbox_token_opens_that_inbox_only(server: Server) -> None:
     assert refused.status_code == 403 and "'user:bob' is private" in refused.json()["error"]
     refused = server.get("/events", params={"channel": "user:alice"})
     assert refused.status_code == 403 and "token" in refused.json()["error"]
-    with server.get("/events", params={"channel": "user:alice", "token": alices}, stream=True) as opened:
+    with server.get(
+        "/events", params={"channel": "user:alice", "token": alices}, stream=True
+    ) as opened:
         assert opened.status_code == 200
 
     for bad in ["", "a b", "x" * 124, "<script>"]:
@@ -496,8 +559,14 @@ def test_an_inbox_token_opens_that_inbox_only(server: Server) -> None:
     for bad in ["soon", "0", "-1", "nan", "inf"]:
         response = server.get("/inbox-token", params={"user": "alice", "seconds": bad})
         assert response.status_code == 400 and "seconds" in response.json()["error"], bad
-    assert server.get("/inbox-token", params={"user": "alice", "seconds": "2.5"}).json()["expires_in"] == 2.5
-    assert server.get("/inbox-token", params={"user": "alice", "seconds": "1e9"}).json()["expires_in"] == 600
+    assert (
+        server.get("/inbox-token", params={"user": "alice", "seconds": "2.5"}).json()["expires_in"]
+        == 2.5
+    )
+    assert (
+        server.get("/inbox-token", params={"user": "alice", "seconds": "1e9"}).json()["expires_in"]
+        == 600
+    )
 
 
 def test_inbox_renews_its_token_and_misses_nothing(context: BrowserContext, server: Server) -> None:
@@ -510,7 +579,9 @@ def test_inbox_renews_its_token_and_misses_nothing(context: BrowserContext, serv
 
     def token_requests(count: int) -> None:
         # Evaluating something lets Playwright dispatch the route handler meanwhile.
-        wait_until(lambda: page.evaluate("true") and len(held) >= count, 10, f"{count} token requests")
+        wait_until(
+            lambda: page.evaluate("true") and len(held) >= count, 10, f"{count} token requests"
+        )
 
     page.goto(server.url + "/?inbox=carol")
     token_requests(1)
@@ -521,7 +592,11 @@ def test_inbox_renews_its_token_and_misses_nothing(context: BrowserContext, serv
 
     token_requests(2)
     assert page.evaluate(INBOX_STATUS) == "reconnecting"
-    wait_until(lambda: not server.stats()["channels"].get("user:carol"), 5, "the server to close the expired stream")
+    wait_until(
+        lambda: not server.stats()["channels"].get("user:carol"),
+        5,
+        "the server to close the expired stream",
+    )
     say_to(server, "carol", "while renewing")
     held[1].continue_(url=held[1].request.url + "&seconds=60")
     wait_for_inbox_status(page, "open")

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import need
 
 pytestmark = pytest.mark.redis
@@ -25,8 +24,21 @@ CHURN = Path(__file__).resolve().parent.parent / "benchmarks" / "churn.py"
 def test_churn_loses_nothing_through_reload_sigkill_and_redis_restart() -> None:
     need("redis-server", shutil.which("redis-server"))
     command = [
-        sys.executable, str(CHURN), "--clients", "100", "--seconds", "15", "--broker", "both",
-        "--soak-seconds", "0", "--drain", "15", "--json", "--timeout", "100",
+        sys.executable,
+        str(CHURN),
+        "--clients",
+        "100",
+        "--seconds",
+        "15",
+        "--broker",
+        "both",
+        "--soak-seconds",
+        "0",
+        "--drain",
+        "15",
+        "--json",
+        "--timeout",
+        "100",
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=110)
     assert run.stdout, f"churn.py printed no results (exit {run.returncode}):\n{run.stderr[-5000:]}"
@@ -40,7 +52,9 @@ def test_churn_loses_nothing_through_reload_sigkill_and_redis_restart() -> None:
             if result[key]:
                 problems.append(f"{broker}: {key.replace('_', ' ')} {result[key]}")
         if result["server_tracebacks"]:
-            problems.append(f"{broker}: tracebacks in the server's log {result['server_tracebacks']}")
+            problems.append(
+                f"{broker}: tracebacks in the server's log {result['server_tracebacks']}"
+            )
         problems += [f"{broker}: {example}" for example in result["examples"][:3]]
     assert not problems, "\n".join(problems) + "\n\n" + details
 
@@ -57,5 +71,7 @@ def test_churn_loses_nothing_through_reload_sigkill_and_redis_restart() -> None:
     assert memory["missed_notices"] >= 100, details
     assert any("SIGKILL" in fault for fault in redis["faults"]), details
     assert any("redis-server killed" in fault for fault in redis["faults"]), details
-    assert redis["publish_attempts_failed"].get("503", 0) > 0, "no publish met the Redis outage\n" + details
+    assert redis["publish_attempts_failed"].get("503", 0) > 0, (
+        "no publish met the Redis outage\n" + details
+    )
     assert report["ok"] and run.returncode == 0, details

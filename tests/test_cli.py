@@ -43,7 +43,9 @@ def command(*args: str, script: bool = False) -> list[str]:
     return [sys.executable, "-m", "sse_flask", *args]
 
 
-def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None, script: bool = False) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, script: bool = False
+) -> subprocess.CompletedProcess[str]:
     """Run ``sse-flask ARGS`` to completion."""
     return subprocess.run(
         command(*args, script=script),
@@ -86,8 +88,12 @@ class Listener:
         self.errors: list[str] = []
         assert self.process.stdout is not None and self.process.stderr is not None
         self._threads = [
-            threading.Thread(target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True),
-            threading.Thread(target=self._pump, args=(self.process.stderr, self.errors.append), daemon=True),
+            threading.Thread(
+                target=self._pump, args=(self.process.stdout, self.lines.put), daemon=True
+            ),
+            threading.Thread(
+                target=self._pump, args=(self.process.stderr, self.errors.append), daemon=True
+            ),
         ]
         for thread in self._threads:
             thread.start()
@@ -102,7 +108,11 @@ class Listener:
 
     def wait_for_stderr(self, text: str, *, more_than: int, timeout: float = 20) -> None:
         """Wait until ``text`` has appeared on standard error more than ``more_than`` times."""
-        wait_until(lambda: self.stderr().count(text) > more_than, timeout, f"{text!r} on the stderr of listen")
+        wait_until(
+            lambda: self.stderr().count(text) > more_than,
+            timeout,
+            f"{text!r} on the stderr of listen",
+        )
 
     def read(self, count: int, timeout: float = 20) -> list[str]:
         """The next ``count`` lines of standard output; fail after ``timeout`` seconds."""
@@ -154,7 +164,11 @@ def listen() -> t.Iterator[t.Callable[..., Listener]]:
 def wait_subscribed(server: Server, *channels: str) -> None:
     """Wait until one stream listens to each of ``channels`` (so that nothing published next
     is missed by a client that started without an id)."""
-    wait_until(lambda: all(server.stats()["channels"].get(c) == 1 for c in channels), 20, f"a stream on {channels}")
+    wait_until(
+        lambda: all(server.stats()["channels"].get(c) == 1 for c in channels),
+        20,
+        f"a stream on {channels}",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,10 +184,13 @@ def test_version(script: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "args, words",
+    ("args", "words"),
     [
         ([], ["serve", "say", "listen"]),
-        (["serve"], ["--bind", "--workers", "--broker", "--app", "127.0.0.1:8080", "MODULE:FACTORY"]),
+        (
+            ["serve"],
+            ["--bind", "--workers", "--broker", "--app", "127.0.0.1:8080", "MODULE:FACTORY"],
+        ),
         (["say"], ["MESSAGE", "--url", "--channel", "--event", "--stdin", "--token"]),
         (["listen"], ["URL", "--channel"]),
     ],
@@ -189,14 +206,21 @@ def test_help(args: list[str], words: list[str]) -> None:
 
 def test_console_script_help() -> None:
     result = cli("say", "--help", script=True)
-    assert result.returncode == 0 and "Usage: sse-flask say [OPTIONS] [MESSAGE]" in result.stdout, result.stdout
+    assert result.returncode == 0 and "Usage: sse-flask say [OPTIONS] [MESSAGE]" in result.stdout, (
+        result.stdout
+    )
 
 
-@pytest.mark.parametrize("args, stdin", [([], None), (["hi", "--stdin"], "x\n")], ids=["neither", "both"])
+@pytest.mark.parametrize(
+    ("args", "stdin"), [([], None), (["hi", "--stdin"], "x\n")], ids=["neither", "both"]
+)
 def test_say_needs_a_message_or_stdin(args: list[str], stdin: str | None) -> None:
     result = cli("say", *args, "--url", f"http://127.0.0.1:{free_port()}", stdin=stdin)
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Usage: sse-flask say" in result.stderr and "give either MESSAGE or --stdin" in result.stderr
+    assert (
+        "Usage: sse-flask say" in result.stderr
+        and "give either MESSAGE or --stdin" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -218,7 +242,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
 
 
 class TestDemo:
-    def test_say_publishes_and_prints_the_id(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_say_publishes_and_prints_the_id(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url)
         result = cli("say", "héllo wörld 😀", "--url", demo.url, script=True)
         assert result.returncode == 0, result.stderr
@@ -226,16 +252,30 @@ class TestDemo:
         assert result.stdout == f"{event.id}\n"
         assert (event.event, event.data) == ("message", "héllo wörld 😀")
 
-    def test_say_with_channel_and_event(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_say_with_channel_and_event(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url, channels=["cli-news"])
-        result = cli("say", "extra!", "--url", demo.url + "/", "--channel", "cli-news", "--event", "headline")
+        result = cli(
+            "say", "extra!", "--url", demo.url + "/", "--channel", "cli-news", "--event", "headline"
+        )
         assert result.returncode == 0, result.stderr
         (event,) = listener.take(1)
         assert (result.stdout, event.event, event.data) == (f"{event.id}\n", "headline", "extra!")
 
-    def test_say_stdin_publishes_each_line_in_order(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_say_stdin_publishes_each_line_in_order(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url, channels=["cli-logs"])
-        result = cli("say", "--stdin", "--url", demo.url, "--channel", "cli-logs", stdin="first line\nsecond: 2\r\nthird, no newline")
+        result = cli(
+            "say",
+            "--stdin",
+            "--url",
+            demo.url,
+            "--channel",
+            "cli-logs",
+            stdin="first line\nsecond: 2\r\nthird, no newline",
+        )
         assert result.returncode == 0, result.stderr
         events = listener.take(3)
         assert [e.data for e in events] == ["first line", "second: 2", "third, no newline"]
@@ -243,13 +283,28 @@ class TestDemo:
 
     def test_say_with_a_bad_channel_prints_the_servers_error(self, demo: Server) -> None:
         result = cli("say", "hi", "--url", demo.url, "--channel", "no spaces")
-        assert_failed(result, 1, f"{demo.url} answered 400", "channel must be 1 to 128 characters", "'no spaces'")
+        assert_failed(
+            result,
+            1,
+            f"{demo.url} answered 400",
+            "channel must be 1 to 128 characters",
+            "'no spaces'",
+        )
 
     def test_say_bad_event_type_and_data_too_large(self, demo: Server) -> None:
-        assert_failed(cli("say", "hi", "--url", demo.url, "--event", "a\nb"), 1, "answered 400", "event type must not contain CR, LF or NUL")
-        assert_failed(cli("say", "é" * 40_000, "--url", demo.url), 1, "answered 413", "SSE_MAX_DATA_BYTES")
+        assert_failed(
+            cli("say", "hi", "--url", demo.url, "--event", "a\nb"),
+            1,
+            "answered 400",
+            "event type must not contain CR, LF or NUL",
+        )
+        assert_failed(
+            cli("say", "é" * 40_000, "--url", demo.url), 1, "answered 413", "SSE_MAX_DATA_BYTES"
+        )
 
-    def test_listen_prints_events_as_they_arrive(self, demo: Server, listen: t.Callable[..., Listener]) -> None:
+    def test_listen_prints_events_as_they_arrive(
+        self, demo: Server, listen: t.Callable[..., Listener]
+    ) -> None:
         listener = listen(demo.url, "--channel", "cli-a", "--channel", "cli-b")
         wait_subscribed(demo, "cli-a", "cli-b")
         demo.say("plain", channel="cli-a")
@@ -261,11 +316,19 @@ class TestDemo:
         demo.say("line 1\nline 2", channel="cli-b")
         demo.say("not for us", channel="cli-c")
         demo.say("ünïcode 😀", channel="cli-a", event="greeting")
-        assert listener.read(5) == ['{"k":[1,2]}', "typed message", "line 1", "line 2", "[greeting] ünïcode 😀"]
+        assert listener.read(5) == [
+            '{"k":[1,2]}',
+            "typed message",
+            "line 1",
+            "line 2",
+            "[greeting] ünïcode 😀",
+        ]
         assert listener.pending() == []
         assert listener.process.poll() is None
 
-    def test_listen_defaults_to_the_default_channel(self, demo: Server, listen: t.Callable[..., Listener]) -> None:
+    def test_listen_defaults_to_the_default_channel(
+        self, demo: Server, listen: t.Callable[..., Listener]
+    ) -> None:
         listener = listen(demo.url, script=True)
         wait_subscribed(demo, "default")
         demo.say("to default")
@@ -297,18 +360,26 @@ class PrefixedServer(Server):
 @pytest.fixture(scope="class")
 def custom(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     log = tmp_path_factory.mktemp("cli-custom") / "gunicorn.log"
-    server = PrefixedServer(["--app", "apps.cli_custom:create_app"], {"SSE_PUBLISH_TOKEN": TOKEN}, log, 1)
+    server = PrefixedServer(
+        ["--app", "apps.cli_custom:create_app"], {"SSE_PUBLISH_TOKEN": TOKEN}, log, 1
+    )
     yield server
     server.stop()
 
 
 class TestCustomApp:
-    def test_serve_a_custom_app_factory(self, custom: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_serve_a_custom_app_factory(
+        self, custom: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         assert custom.get("/").text == "custom app"
         assert custom.get("/sse/healthz").json() == {"status": "ok"}
         assert custom.get("/healthz").status_code == 404, "the blueprint is mounted under /sse only"
         listener = stream(custom.url + "/sse", channels=["custom"])
-        response = custom.post("/sse/say", json={"data": "hi", "channel": "custom"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        response = custom.post(
+            "/sse/say",
+            json={"data": "hi", "channel": "custom"},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         assert response.status_code == 200, response.text
         (event,) = listener.take(1)
         assert (event.id, event.data) == (response.json()["id"], "hi")
@@ -319,13 +390,44 @@ class TestCustomApp:
         wait_subscribed(custom, "tok")
         published = custom.stats()["published"]
         needs = "publishing needs the header 'Authorization: Bearer <SSE_PUBLISH_TOKEN>'"
-        assert_failed(cli("say", "no token", "--url", url, "--channel", "tok"), 1, f"{url} answered 401", needs)
-        assert_failed(cli("say", "wrong", "--url", url, "--channel", "tok", "--token", "nope"), 1, "answered 401", needs)
-        assert_failed(cli("say", "wrong env", "--url", url, "--channel", "tok", env={"SSE_PUBLISH_TOKEN": "nope"}), 1, "answered 401")
+        assert_failed(
+            cli("say", "no token", "--url", url, "--channel", "tok"),
+            1,
+            f"{url} answered 401",
+            needs,
+        )
+        assert_failed(
+            cli("say", "wrong", "--url", url, "--channel", "tok", "--token", "nope"),
+            1,
+            "answered 401",
+            needs,
+        )
+        assert_failed(
+            cli(
+                "say",
+                "wrong env",
+                "--url",
+                url,
+                "--channel",
+                "tok",
+                env={"SSE_PUBLISH_TOKEN": "nope"},
+            ),
+            1,
+            "answered 401",
+        )
 
         with_option = cli("say", "with --token", "--url", url, "--channel", "tok", "--token", TOKEN)
         assert with_option.returncode == 0, with_option.stderr
-        with_env = cli("say", "--stdin", "--url", url, "--channel", "tok", stdin="from env 1\nfrom env 2\n", env={"SSE_PUBLISH_TOKEN": TOKEN})
+        with_env = cli(
+            "say",
+            "--stdin",
+            "--url",
+            url,
+            "--channel",
+            "tok",
+            stdin="from env 1\nfrom env 2\n",
+            env={"SSE_PUBLISH_TOKEN": TOKEN},
+        )
         assert with_env.returncode == 0, with_env.stderr
         assert len((with_option.stdout + with_env.stdout).splitlines()) == 3
         # Only what was allowed reached the stream, in order.
@@ -342,7 +444,12 @@ class TestCustomApp:
 def instance(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     # listen waits SSE_RETRY_MS before reconnecting: a second in which to publish.
     env = {"SSE_MAX_STREAM_SECONDS": "1", "SSE_RETRY_MS": "1000", "SSE_OPEN_PUBLISH": "true"}
-    server = Server(["--app", "apps.cli_instance:app"], env, tmp_path_factory.mktemp("cli-instance") / "gunicorn.log", 1)
+    server = Server(
+        ["--app", "apps.cli_instance:app"],
+        env,
+        tmp_path_factory.mktemp("cli-instance") / "gunicorn.log",
+        1,
+    )
     yield server
     server.stop()
 
@@ -354,7 +461,9 @@ class TestInstanceApp:
         assert instance.stats()["backend"] == "memory"
         instance.say("published")
 
-    def test_listen_resumes_after_the_server_ends_the_stream(self, instance: Server, listen: t.Callable[..., Listener]) -> None:
+    def test_listen_resumes_after_the_server_ends_the_stream(
+        self, instance: Server, listen: t.Callable[..., Listener]
+    ) -> None:
         listener = listen(instance.url, "--channel", "life")
         wait_subscribed(instance, "life")
         expected: list[str] = []
@@ -365,7 +474,9 @@ class TestInstanceApp:
 
         for cycle in range(2):
             publish(f"live {cycle}")
-            listener.wait_for_stderr("stream ended", more_than=listener.stderr().count("stream ended"))
+            listener.wait_for_stderr(
+                "stream ended", more_than=listener.stderr().count("stream ended")
+            )
             # listen now waits a second before it reconnects with Last-Event-ID.
             for i in range(3):
                 publish(f"while away {cycle}.{i}")
@@ -377,7 +488,9 @@ class TestInstanceApp:
         assert listener.read(1) == ["one more"]
         assert listener.pending() == []
 
-    def test_listen_resumes_after_a_reload(self, instance: Server, listen: t.Callable[..., Listener]) -> None:
+    def test_listen_resumes_after_a_reload(
+        self, instance: Server, listen: t.Callable[..., Listener]
+    ) -> None:
         # Must run last in this class: the reload empties the in-process history.
         listener = listen(instance.url, "--channel", "reload")
         wait_subscribed(instance, "reload")

@@ -30,7 +30,6 @@ import httpx_sse
 import pytest
 import requests
 import sseclient
-
 from conftest import Server, wait_until
 
 #: What is published, and what a conformant client reports for it: (type, sent, received).

@@ -42,7 +42,9 @@ def test_each_event_decodes_on_arrival(serve: t.Callable[..., Server]) -> None:
     sock.close()
 
 
-def test_a_real_client_decodes_it(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+def test_a_real_client_decodes_it(
+    serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]
+) -> None:
     """httpx asks for gzip by default and httpx-sse parses what it decodes."""
     server = serve(env={"SSE_COMPRESS": "1"})
     client = stream(server.url)

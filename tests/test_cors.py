@@ -15,7 +15,9 @@ from sse_flask.blueprint import cors_options
 @pytest.fixture
 def client() -> object:
     app = Flask(__name__)
-    app.config.update(SSE_CORS_ORIGINS="https://allowed.example, https://other.example", SSE_URL_PREFIX="/sse")
+    app.config.update(
+        SSE_CORS_ORIGINS="https://allowed.example, https://other.example", SSE_URL_PREFIX="/sse"
+    )
     SSE(app)
 
     @app.get("/mine")
@@ -26,7 +28,9 @@ def client() -> object:
 
 
 def test_allowed_origin_may_open_a_stream(client: object) -> None:
-    response = client.get("/sse/events", headers={"Origin": "https://allowed.example"}, buffered=False)  # type: ignore[attr-defined]
+    response = client.get(  # type: ignore[attr-defined]
+        "/sse/events", headers={"Origin": "https://allowed.example"}, buffered=False
+    )
     try:
         assert response.status_code == 200
         assert response.headers["Access-Control-Allow-Origin"] == "https://allowed.example"
@@ -53,7 +57,9 @@ def test_preflight_for_a_json_publish_with_a_token(client: object) -> None:
     )
     assert response.status_code == 200
     assert response.headers["Access-Control-Allow-Origin"] == "https://other.example"
-    allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    allowed = {
+        h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")
+    }
     assert {"authorization", "content-type"} <= allowed
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
 
@@ -66,7 +72,9 @@ def test_the_apps_own_routes_are_left_alone(client: object) -> None:
 def test_without_the_setting_no_cors_headers() -> None:
     app = Flask(__name__)
     SSE(app)
-    response = app.test_client().post("/say", json={"data": "x"}, headers={"Origin": "https://allowed.example"})
+    response = app.test_client().post(
+        "/say", json={"data": "x"}, headers={"Origin": "https://allowed.example"}
+    )
     assert "Access-Control-Allow-Origin" not in response.headers
 
 

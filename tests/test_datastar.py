@@ -11,11 +11,11 @@ import json
 import typing as t
 
 import pytest
+from apps import datastar_app
 from datastar_py import ServerSentEventGenerator
 from datastar_py.consts import ElementPatchMode
 from flask.testing import FlaskClient
 
-from apps import datastar_app
 from sse_flask import Event, datastar, encode_event
 
 
@@ -45,13 +45,13 @@ def client() -> FlaskClient:
         (
             datastar.patch_elements(selector="#gone", mode="remove", id="9"),
             ServerSentEventGenerator.remove_elements("#gone", event_id="9"),
-        ),  # fmt: skip
+        ),
         (
             datastar.patch_signals({"count": 3, "name": "é"}, only_if_missing=True, id="10"),
             ServerSentEventGenerator.patch_signals(
                 {"count": 3, "name": "é"}, only_if_missing=True, event_id="10"
             ),
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_frames_are_datastar_pys(ours: Event, theirs: str) -> None:

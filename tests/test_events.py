@@ -82,7 +82,10 @@ from sse_flask.events import (
         (Event(), b"data: \n\n"),
         # unicode, written as UTF-8
         (Event(data="h\xe9 \u2713 \U0001f600"), "data: h\xe9 \u2713 \U0001f600\n\n".encode()),
-        (Event(data="x", event="\xe9v\xe9nement", id="\u2460"), "id: \u2460\nevent: \xe9v\xe9nement\ndata: x\n\n".encode()),
+        (
+            Event(data="x", event="\xe9v\xe9nement", id="\u2460"),
+            "id: \u2460\nevent: \xe9v\xe9nement\ndata: x\n\n".encode(),
+        ),
         # anything but a string is compact JSON, non-ASCII left as it is
         (Event(data={"a": 1, "b": [1, 2]}), b'data: {"a":1,"b":[1,2]}\n\n'),
         (Event(data=[1, "x", None]), b'data: [1,"x",null]\n\n'),
@@ -149,16 +152,20 @@ def test_encode_comment_default() -> None:
 
 def test_comments_between_events_dispatch_nothing() -> None:
     """Comments (heartbeats) before, between and after events add no event and change none."""
-    payload = b"".join([
-        encode_comment("hi"),
-        encode_event(Event(data="a", id="1")),
-        encode_comment("heartbeat") * 2,
-        encode_event(Event(data="b", event="e", id="2")),
-        encode_comment(),
-    ])
+    payload = b"".join(
+        [
+            encode_comment("hi"),
+            encode_event(Event(data="a", id="1")),
+            encode_comment("heartbeat") * 2,
+            encode_event(Event(data="b", event="e", id="2")),
+            encode_comment(),
+        ]
+    )
     expected = [("message", "a", "1"), ("e", "b", "2")]
     assert _parse_httpx_sse([payload]) == expected
-    assert [(event.event, event.data, event.id) for event in SSEClient(iter([payload])).events()] == expected
+    assert [
+        (event.event, event.data, event.id) for event in SSEClient(iter([payload])).events()
+    ] == expected
 
 
 @pytest.mark.parametrize(
@@ -174,7 +181,11 @@ def test_encode_retry(milliseconds: int, expected: bytes) -> None:
     ("frame", "event_id", "expected"),
     [
         (b"data: x\n\n", "ab-1", b"id: ab-1\ndata: x\n\n"),
-        (b"event: e\ndata: x\n\n", "1700000000000-0", b"id: 1700000000000-0\nevent: e\ndata: x\n\n"),
+        (
+            b"event: e\ndata: x\n\n",
+            "1700000000000-0",
+            b"id: 1700000000000-0\nevent: e\ndata: x\n\n",
+        ),
         (b"data: x\n\n", "", b"id: \ndata: x\n\n"),
         (b"data: x\n\n", "\u2460", "id: \u2460\ndata: x\n\n".encode()),
     ],
@@ -187,7 +198,9 @@ def test_prefix_id(frame: bytes, event_id: str, expected: bytes) -> None:
 def test_prefix_id_agrees_with_encode_event() -> None:
     """Adding the id afterwards gives the same bytes as encoding it in the first place."""
     event = Event(data="a\nb", event="e")
-    assert prefix_id(encode_event(event), "x-9") == encode_event(dataclasses.replace(event, id="x-9"))
+    assert prefix_id(encode_event(event), "x-9") == encode_event(
+        dataclasses.replace(event, id="x-9")
+    )
 
 
 def test_event_defaults_and_frozen() -> None:
@@ -209,26 +222,62 @@ def test_event_defaults_and_frozen() -> None:
         (Event(data="x", event="a\rb"), r"event type must not contain CR, LF or NUL: 'a\\rb'"),
         (Event(data="x", event="a\r\nb"), r"event type must not contain CR, LF or NUL: 'a\\r\\nb'"),
         (Event(data="x", event="a\x00b"), r"event type must not contain CR, LF or NUL: 'a\\x00b'"),
-        (Event(data="x", event="message\n"), r"event type must not contain CR, LF or NUL: 'message\\n'"),
+        (
+            Event(data="x", event="message\n"),
+            r"event type must not contain CR, LF or NUL: 'message\\n'",
+        ),
         (Event(data="x", event=""), r"event type must not be empty"),
         (Event(data="x", event=5), r"event type must be a string, got 5"),  # type: ignore[arg-type]
         (Event(data="x", id="1\n2"), r"event id must not contain CR, LF or NUL: '1\\n2'"),
         (Event(data="x", id="1\r"), r"event id must not contain CR, LF or NUL: '1\\r'"),
         (Event(data="x", id="\x00"), r"event id must not contain CR, LF or NUL: '\\x00'"),
         (Event(data="x", id=7), r"event id must be a string, got 7"),  # type: ignore[arg-type]
-        (Event(data="x", retry=-1), r"retry must be a non-negative integer of milliseconds, got -1"),
-        (Event(data="x", retry=True), r"retry must be a non-negative integer of milliseconds, got True"),
-        (Event(data="x", retry=False), r"retry must be a non-negative integer of milliseconds, got False"),
-        (Event(data="x", retry=1.5), r"retry must be a non-negative integer of milliseconds, got 1.5"),  # type: ignore[arg-type]
-        (Event(data="x", retry="10"), r"retry must be a non-negative integer of milliseconds, got '10'"),  # type: ignore[arg-type]
-        (Event(data="\ud800"), r"data must be valid Unicode text: surrogates not allowed at position 0"),
-        (Event(data="ok\udfffok"), r"data must be valid Unicode text: surrogates not allowed at position 2"),
+        (
+            Event(data="x", retry=-1),
+            r"retry must be a non-negative integer of milliseconds, got -1",
+        ),
+        (
+            Event(data="x", retry=True),
+            r"retry must be a non-negative integer of milliseconds, got True",
+        ),
+        (
+            Event(data="x", retry=False),
+            r"retry must be a non-negative integer of milliseconds, got False",
+        ),
+        (
+            Event(data="x", retry=1.5),  # type: ignore[arg-type]
+            r"retry must be a non-negative integer of milliseconds, got 1.5",
+        ),
+        (
+            Event(data="x", retry="10"),  # type: ignore[arg-type]
+            r"retry must be a non-negative integer of milliseconds, got '10'",
+        ),
+        (
+            Event(data="\ud800"),
+            r"data must be valid Unicode text: surrogates not allowed at position 0",
+        ),
+        (
+            Event(data="ok\udfffok"),
+            r"data must be valid Unicode text: surrogates not allowed at position 2",
+        ),
         (Event(data={"a": "\ud800"}), r"data must be valid Unicode text: surrogates not allowed"),
-        (Event(data=float("nan")), r"data must be a string or a JSON value, got nan: Out of range float"),
-        (Event(data=float("inf")), r"data must be a string or a JSON value, got inf: Out of range float"),
-        (Event(data={"x": [float("-inf")]}), r"data must be a string or a JSON value, got \{'x': \[-inf\]\}"),
+        (
+            Event(data=float("nan")),
+            r"data must be a string or a JSON value, got nan: Out of range float",
+        ),
+        (
+            Event(data=float("inf")),
+            r"data must be a string or a JSON value, got inf: Out of range float",
+        ),
+        (
+            Event(data={"x": [float("-inf")]}),
+            r"data must be a string or a JSON value, got \{'x': \[-inf\]\}",
+        ),
         (Event(data=object()), r"data must be a string or a JSON value, got <object object at "),
-        (Event(data={1, 2}), r"data must be a string or a JSON value, got \{1, 2\}: Object of type set"),
+        (
+            Event(data={1, 2}),
+            r"data must be a string or a JSON value, got \{1, 2\}: Object of type set",
+        ),
         (Event(data=b"bytes"), r"data must be a string or a JSON value, got b'bytes'"),
         (Event(data={("t",): 1}), r"data must be a string or a JSON value, got \{\('t',\): 1\}"),
     ],
@@ -244,7 +293,9 @@ def test_encode_event_refuses_circular_data() -> None:
     """A value that refers to itself is refused, not a RecursionError."""
     data: list[t.Any] = []
     data.append(data)
-    with pytest.raises(ValueError, match=r"data must be a string or a JSON value, got \[\[\.\.\.\]\]"):
+    with pytest.raises(
+        ValueError, match=r"data must be a string or a JSON value, got \[\[\.\.\.\]\]"
+    ):
         encode_event(Event(data=data))
 
 
@@ -264,21 +315,32 @@ def test_refusal_quotes_long_values_shortly() -> None:
     assert "yyyy" in str(info.value) and len(str(info.value)) < 200
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: encode_comment("a\nb"), r"comment must not contain CR, LF or NUL: 'a\\nb'"),
-    (lambda: encode_comment("a\rb"), r"comment must not contain CR, LF or NUL"),
-    (lambda: encode_comment("\x00"), r"comment must not contain CR, LF or NUL"),
-    (lambda: encode_retry(-1), r"retry must be a non-negative integer of milliseconds, got -1"),
-    (lambda: encode_retry(True), r"retry must be a non-negative integer of milliseconds, got True"),
-    (lambda: encode_retry(2.0),  # type: ignore[arg-type]
-     r"retry must be a non-negative integer of milliseconds, got 2.0"),
-    (lambda: prefix_id(b"data: x\n\n", "1\n2"), r"event id must not contain CR, LF or NUL: '1\\n2'"),
-    (lambda: prefix_id(b"data: x\n\n", "1\r"), r"event id must not contain CR, LF or NUL"),
-    (lambda: prefix_id(b"data: x\n\n", "1\x00"), r"event id must not contain CR, LF or NUL"),
-    (lambda: encode_data("\udc80"), r"data must be valid Unicode text"),
-    (lambda: encode_data(float("nan")), r"data must be a string or a JSON value, got nan"),
-    (lambda: encode_data(object()), r"data must be a string or a JSON value"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: encode_comment("a\nb"), r"comment must not contain CR, LF or NUL: 'a\\nb'"),
+        (lambda: encode_comment("a\rb"), r"comment must not contain CR, LF or NUL"),
+        (lambda: encode_comment("\x00"), r"comment must not contain CR, LF or NUL"),
+        (lambda: encode_retry(-1), r"retry must be a non-negative integer of milliseconds, got -1"),
+        (
+            lambda: encode_retry(True),
+            r"retry must be a non-negative integer of milliseconds, got True",
+        ),
+        (
+            lambda: encode_retry(2.0),  # type: ignore[arg-type]
+            r"retry must be a non-negative integer of milliseconds, got 2.0",
+        ),
+        (
+            lambda: prefix_id(b"data: x\n\n", "1\n2"),
+            r"event id must not contain CR, LF or NUL: '1\\n2'",
+        ),
+        (lambda: prefix_id(b"data: x\n\n", "1\r"), r"event id must not contain CR, LF or NUL"),
+        (lambda: prefix_id(b"data: x\n\n", "1\x00"), r"event id must not contain CR, LF or NUL"),
+        (lambda: encode_data("\udc80"), r"data must be valid Unicode text"),
+        (lambda: encode_data(float("nan")), r"data must be a string or a JSON value, got nan"),
+        (lambda: encode_data(object()), r"data must be a string or a JSON value"),
+    ],
+)
 def test_helpers_refuse(call: t.Callable[[], object], message: str) -> None:
     """The other encoders refuse what would break or forge a frame, with a ValueError."""
     with pytest.raises(ValueError, match=message):
@@ -289,14 +351,19 @@ def test_helpers_refuse(call: t.Callable[[], object], message: str) -> None:
 
 _NO_SURROGATES = st.characters(exclude_categories=["Cs"])
 #: Any text, with line breaks, near-breaks and field syntax made likely.
-_DATA = st.text(st.one_of(st.sampled_from("\r\n\r\n\u2028\u2029\x85\x0b\x0c\x1c :data"), _NO_SURROGATES), max_size=40)
+_DATA = st.text(
+    st.one_of(st.sampled_from("\r\n\r\n\u2028\u2029\x85\x0b\x0c\x1c :data"), _NO_SURROGATES),
+    max_size=40,
+)
 #: What an event type or id may hold.
 _FIELD = st.characters(exclude_categories=["Cs"], exclude_characters="\r\n\x00")
 _EVENT_TYPE = st.one_of(st.none(), st.just("message"), st.text(_FIELD, min_size=1, max_size=12))
 _ID = st.one_of(st.none(), st.text(_FIELD, max_size=12))
 _EVENTS = st.lists(st.builds(Event, data=_DATA, event=_EVENT_TYPE, id=_ID), min_size=1, max_size=4)
 
-_ROUND_TRIP = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_ROUND_TRIP = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def _normalised(text: str) -> str:
@@ -347,7 +414,9 @@ def _parse_httpx_sse(chunks: list[bytes]) -> list[tuple[str, str, str]]:
 def test_round_trip_httpx_sse(events: list[Event], cuts: st.DataObject) -> None:
     """Any events, cut anywhere into chunks, parse back as published, line breaks as LF."""
     payload = b"".join(map(encode_event, events))
-    chunks = _split(payload, cuts.draw(st.lists(st.integers(0, len(payload)), max_size=8), label="cuts"))
+    chunks = _split(
+        payload, cuts.draw(st.lists(st.integers(0, len(payload)), max_size=8), label="cuts")
+    )
     assert _parse_httpx_sse(chunks) == _expected(events)
 
 
@@ -368,7 +437,11 @@ def test_json_string_data_round_trips(data: str) -> None:
 # - it does not carry the last event id over to events without an `id:` line (every
 #   event a broker sends has one), so each event here has an id;
 # - it reports an empty id as "" but a missing one as None, while the spec says "".
-_IDENTIFIED_EVENTS = st.lists(st.builds(Event, data=_DATA, event=_EVENT_TYPE, id=st.text(_FIELD, max_size=12)), min_size=1, max_size=4)
+_IDENTIFIED_EVENTS = st.lists(
+    st.builds(Event, data=_DATA, event=_EVENT_TYPE, id=st.text(_FIELD, max_size=12)),
+    min_size=1,
+    max_size=4,
+)
 
 
 @_ROUND_TRIP
@@ -376,7 +449,9 @@ _IDENTIFIED_EVENTS = st.lists(st.builds(Event, data=_DATA, event=_EVENT_TYPE, id
 def test_round_trip_sseclient(events: list[Event], cuts: st.DataObject) -> None:
     """sseclient-py, fed the same frames in arbitrary chunks, sees what was published."""
     payload = b"".join(map(encode_event, events))
-    chunks = _split(payload, cuts.draw(st.lists(st.integers(0, len(payload)), max_size=8), label="cuts"))
+    chunks = _split(
+        payload, cuts.draw(st.lists(st.integers(0, len(payload)), max_size=8), label="cuts")
+    )
     parsed = [(event.event, event.data, event.id) for event in SSEClient(iter(chunks)).events()]
     assert parsed == _expected(events)
 

@@ -39,7 +39,9 @@ def make_app(**config: t.Any) -> Flask:
 
 def subscribe(app: Flask, channel: str = "default") -> Subscription:
     """A subscription to ``channel`` on the app's broker (its state is ``app.extensions["sse"]``)."""
-    return t.cast(Subscription, app.extensions["sse"].broker.subscribe([channel], None, queue_size=1000))
+    return t.cast(
+        Subscription, app.extensions["sse"].broker.subscribe([channel], None, queue_size=1000)
+    )
 
 
 def received(subscription: Subscription) -> list[tuple[str, str, str]]:
@@ -50,7 +52,9 @@ def received(subscription: Subscription) -> list[tuple[str, str, str]]:
         for line in block.split("\n"):
             name, _, value = line.partition(": ")
             fields.setdefault(name, []).append(value)
-        events.append((fields["id"][0], fields.get("event", ["message"])[0], "\n".join(fields["data"])))
+        events.append(
+            (fields["id"][0], fields.get("event", ["message"])[0], "\n".join(fields["data"]))
+        )
     return events
 
 
@@ -69,8 +73,15 @@ def test_setup_styles(style: str) -> None:
     assert app.extensions["sse"].sse is sse
     assert "sse" in app.blueprints
     assert not hasattr(sse, "app"), "per-app state goes in app.extensions, not on the extension"
-    rules = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules() if rule.endpoint.startswith("sse.")}
-    assert {endpoint: rules[endpoint] for endpoint in ("sse.events", "sse.say", "sse.stats", "sse.healthz")} == {
+    rules = {
+        rule.endpoint: rule.rule
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.startswith("sse.")
+    }
+    assert {
+        endpoint: rules[endpoint]
+        for endpoint in ("sse.events", "sse.say", "sse.stats", "sse.healthz")
+    } == {
         "sse.events": "/events",
         "sse.say": "/say",
         "sse.stats": "/stats",
@@ -78,7 +89,10 @@ def test_setup_styles(style: str) -> None:
     }
 
 
-@pytest.mark.parametrize(("prefix", "expected"), [("/sse", "/sse/events"), ("/api/v1/live/", "/api/v1/live/events"), ("", "/events")])
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [("/sse", "/sse/events"), ("/api/v1/live/", "/api/v1/live/events"), ("", "/events")],
+)
 def test_url_prefix(prefix: str, expected: str) -> None:
     """The blueprint is mounted at SSE_URL_PREFIX."""
     app = make_app(SSE_URL_PREFIX=prefix)
@@ -93,7 +107,9 @@ def test_init_app_twice_raises() -> None:
     """A second init_app on the same app, by the same or another SSE, names the fix."""
     app = make_app()
     sse = SSE(app)
-    with pytest.raises(RuntimeError, match=r"already has an SSE extension; call init_app\(app\) once per app"):
+    with pytest.raises(
+        RuntimeError, match=r"already has an SSE extension; call init_app\(app\) once per app"
+    ):
         sse.init_app(app)
     with pytest.raises(RuntimeError, match=r"call init_app\(app\) once per app"):
         SSE(app)
@@ -101,7 +117,9 @@ def test_init_app_twice_raises() -> None:
 
 def test_bad_setting_fails_at_setup() -> None:
     """A bad SSE_* value fails init_app with the ConfigError naming key and source."""
-    with pytest.raises(ConfigError, match=r"^SSE_HEARTBEAT \(from app.config\) must be a number of seconds"):
+    with pytest.raises(
+        ConfigError, match=r"^SSE_HEARTBEAT \(from app.config\) must be a number of seconds"
+    ):
         SSE(make_app(SSE_HEARTBEAT="soon"))
 
 
@@ -116,7 +134,9 @@ def test_environment_beats_app_config(monkeypatch: pytest.MonkeyPatch) -> None:
     sse.publish("abc")
     with pytest.raises(DataTooLarge):
         sse.publish("abcd")
-    assert app.extensions["sse"].settings.retry_ms == 1500, "app.config still counts where the environment is silent"
+    assert app.extensions["sse"].settings.retry_ms == 1500, (
+        "app.config still counts where the environment is silent"
+    )
 
 
 # --- publish ----------------------------------------------------------------------------
@@ -157,13 +177,17 @@ def test_publish_returns_the_id(app: Flask, sse: SSE) -> None:
 )
 def test_publish_refuses_bad_channel(sse: SSE, channel: t.Any) -> None:
     """A channel outside A-Z a-z 0-9 _ . : @ -, 1 to 128 long, raises InvalidChannel, a ValueError."""
-    with pytest.raises(InvalidChannel, match=r"channel must be 1 to 128 characters of A-Z a-z 0-9 _ \. : @ -, got ") as info:
+    with pytest.raises(
+        InvalidChannel, match=r"channel must be 1 to 128 characters of A-Z a-z 0-9 _ \. : @ -, got "
+    ) as info:
         sse.publish("x", channel=channel)
     assert isinstance(info.value, ValueError)
     assert repr(channel)[:20] in str(info.value)
 
 
-@pytest.mark.parametrize("channel", ["x", "x" * 128, "AZaz09_.:@-", "user:42", "team@example.com", "a.b-c_d"])
+@pytest.mark.parametrize(
+    "channel", ["x", "x" * 128, "AZaz09_.:@-", "user:42", "team@example.com", "a.b-c_d"]
+)
 def test_publish_accepts_good_channel(app: Flask, sse: SSE, channel: str) -> None:
     """Every allowed character, and the full 128 characters, make a channel name."""
     subscription = subscribe(app, channel)
@@ -226,7 +250,10 @@ def test_publish_over_the_size_limit(limited: tuple[Flask, SSE], data: t.Any, si
     """One encoded byte over SSE_MAX_DATA_BYTES raises DataTooLarge, saying the size and the limit."""
     app, sse = limited
     subscription = subscribe(app)
-    with pytest.raises(DataTooLarge, match=rf"^data is {size} bytes encoded as UTF-8, over the limit of 10 \(SSE_MAX_DATA_BYTES\)$") as info:
+    with pytest.raises(
+        DataTooLarge,
+        match=rf"^data is {size} bytes encoded as UTF-8, over the limit of 10 \(SSE_MAX_DATA_BYTES\)$",
+    ) as info:
         sse.publish(data)
     assert isinstance(info.value, ValueError)
     assert received(subscription) == []
@@ -265,7 +292,9 @@ def test_publish_with_two_apps() -> None:
     first, second = make_app(), make_app()
     sse.init_app(first)
     sse.init_app(second)
-    with pytest.raises(RuntimeError, match=r"several apps; publish inside 'with app.app_context\(\):'"):
+    with pytest.raises(
+        RuntimeError, match=r"several apps; publish inside 'with app.app_context\(\):'"
+    ):
         sse.publish("x")
     on_first, on_second = subscribe(first), subscribe(second)
     with second.app_context():
@@ -282,7 +311,12 @@ def test_publish_without_app() -> None:
 
 def test_publish_in_another_apps_context(sse: SSE) -> None:
     """Inside the context of an app this extension is not set up on, the message names the fix."""
-    with make_app().app_context(), pytest.raises(RuntimeError, match=r"not set up on the current app; call init_app\(app\) first"):
+    with (
+        make_app().app_context(),
+        pytest.raises(
+            RuntimeError, match=r"not set up on the current app; call init_app\(app\) first"
+        ),
+    ):
         sse.publish("x")
 
 
@@ -387,7 +421,9 @@ def test_say_get_without_message(app: Flask, client: t.Any) -> None:
 def test_say_post_json(app: Flask, client: t.Any) -> None:
     """POST /say with JSON publishes any JSON data, compact, with type and channel."""
     subscription = subscribe(app, "orders")
-    response = client.post("/say", json={"data": {"order": 7}, "event": "order", "channel": "orders"})
+    response = client.post(
+        "/say", json={"data": {"order": 7}, "event": "order", "channel": "orders"}
+    )
     assert response.status_code == 200
     assert response.json == {"id": response.json["id"], "channel": "orders", "event": "order"}
     assert received(subscription) == [(response.json["id"], "order", '{"order":7}')]
@@ -424,7 +460,13 @@ def test_stats(app: Flask, client: t.Any) -> None:
     client.get("/say?msg=1")
     with client.get("/events?channel=a&channel=b", buffered=False):
         stats = client.get("/stats").json
-        assert stats == {"consumers": 1, "channels": {"a": 1, "b": 1}, "published": 1, "dropped": 0, "backend": "memory"}
+        assert stats == {
+            "consumers": 1,
+            "channels": {"a": 1, "b": 1},
+            "published": 1,
+            "dropped": 0,
+            "backend": "memory",
+        }
     assert client.get("/stats").json["consumers"] == 0
 
 
@@ -446,7 +488,9 @@ def test_events_headers(app: Flask, client: t.Any) -> None:
         assert "Content-Length" not in response.headers
     finally:
         response.close()
-    assert app.extensions["sse"].broker.stats()["consumers"] == 0, "closing the response ends the subscription"
+    assert app.extensions["sse"].broker.stats()["consumers"] == 0, (
+        "closing the response ends the subscription"
+    )
 
 
 def test_events_stream_through_the_test_client(app: Flask, sse: SSE, client: t.Any) -> None:
@@ -456,7 +500,10 @@ def test_events_stream_through_the_test_client(app: Flask, sse: SSE, client: t.A
         chunks = iter(response.response)
         assert next(chunks) == b"retry: 3000\n"
         event_id = sse.publish({"x": 1}, event="update", channel="news")
-        assert next(chunks) == f"id: {event_id}\nevent: update\ndata: {json.dumps({'x': 1}, separators=(',', ':'))}\n\n".encode()
+        assert (
+            next(chunks)
+            == f"id: {event_id}\nevent: update\ndata: {json.dumps({'x': 1}, separators=(',', ':'))}\n\n".encode()
+        )
     finally:
         response.close()
     assert client.get("/stats").json["consumers"] == 0
@@ -469,6 +516,9 @@ def test_events_resume_with_last_event_id(app: Flask, sse: SSE, client: t.Any) -
     for kwargs in ({"headers": {"Last-Event-ID": first}}, {"query_string": {"lastEventId": first}}):
         response: TestResponse = client.get("/events", buffered=False, **kwargs)
         try:
-            assert next(iter(response.response)) == f"retry: 3000\nid: {second}\ndata: two\n\n".encode()
+            assert (
+                next(iter(response.response))
+                == f"retry: 3000\nid: {second}\ndata: two\n\n".encode()
+            )
         finally:
             response.close()

@@ -81,7 +81,12 @@ CASES = {
 
 def run_ok(script: str) -> None:
     """Run ``script`` in a fresh interpreter; it must end by printing ``ok``."""
-    result = subprocess.run([sys.executable, "-c", script + "\nprint('ok')\n"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script + "\nprint('ok')\n"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 

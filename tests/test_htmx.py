@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import RedisServer, Server, free_port, wait_until
 
 if t.TYPE_CHECKING:

@@ -66,7 +66,9 @@ WRONG_TYPES = [
 
 def error_of(response: requests.Response | httpx.Response, status: int) -> str:
     """Check that ``response`` is the contract's JSON error with ``status``; return its text."""
-    assert response.status_code == status, f"expected {status}, got {response.status_code}: {response.text[:500]}"
+    assert response.status_code == status, (
+        f"expected {status}, got {response.status_code}: {response.text[:500]}"
+    )
     assert response.headers["Content-Type"] == "application/json", response.headers
     assert "Traceback" not in response.text
     body = response.json()
@@ -97,7 +99,9 @@ def post_json(server: Server, body: str | bytes) -> requests.Response:
 
 def wait_for_streams(server: Server, count: int) -> None:
     """Wait until the worker counts exactly ``count`` open streams (closing is asynchronous)."""
-    wait_until(lambda: server.stats()["consumers"] == count, 15, f"{count} open streams on {server.url}")
+    wait_until(
+        lambda: server.stats()["consumers"] == count, 15, f"{count} open streams on {server.url}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +149,9 @@ class TestDemo:
         response = get(demo, "/events", params=[("channel", "fine"), ("channel", "not fine")])
         assert "'not fine'" in error_of(response, 400)
 
-    def test_edge_channel_names_are_accepted(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_edge_channel_names_are_accepted(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url, channels=GOOD_CHANNELS)
         assert listener.response.status_code == 200
         expected = []
@@ -167,14 +173,18 @@ class TestDemo:
 
     @pytest.mark.parametrize("event", BAD_EVENT_TYPES)
     def test_bad_event_type_in_json_is_400(self, demo: Server, event: str) -> None:
-        message = error_of(post(demo, "/say", json={"data": "x", "event": event, "channel": WITNESS}), 400)
+        message = error_of(
+            post(demo, "/say", json={"data": "x", "event": event, "channel": WITNESS}), 400
+        )
         assert "event type" in message
         if event:
             assert "CR, LF or NUL" in message and repr(event)[:20] in message
 
     @pytest.mark.parametrize("event", BAD_EVENT_TYPES)
     def test_bad_event_type_in_form_is_400(self, demo: Server, event: str) -> None:
-        assert "event type" in error_of(post(demo, "/say", data={"data": "x", "event": event, "channel": WITNESS}), 400)
+        assert "event type" in error_of(
+            post(demo, "/say", data={"data": "x", "event": event, "channel": WITNESS}), 400
+        )
 
     # -- 400: bodies that are not what /say takes -----------------------------------------
 
@@ -246,8 +256,12 @@ class TestDemo:
         assert "data" in message and "Unicode" in message
 
     def test_lone_surrogate_in_event_type_is_400_naming_the_field(self, demo: Server) -> None:
-        message = error_of(post_json(demo, '{"data": "x", "event": "\\ud800", "channel": "witness"}'), 400)
-        assert "event" in message, f"the error should say the event type is what is wrong: {message!r}"
+        message = error_of(
+            post_json(demo, '{"data": "x", "event": "\\ud800", "channel": "witness"}'), 400
+        )
+        assert "event" in message, (
+            f"the error should say the event type is what is wrong: {message!r}"
+        )
 
     def test_nan_data_is_400(self, demo: Server) -> None:
         # Python's json accepts NaN, but it is not JSON and cannot be sent as JSON text.
@@ -255,11 +269,15 @@ class TestDemo:
 
     def test_form_fields_publish(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
         listener = stream(demo.url, channels=["form-ch"])
-        response = post(demo, "/say", data={"data": "from a form", "event": "note", "channel": "form-ch"})
+        response = post(
+            demo, "/say", data={"data": "from a form", "event": "note", "channel": "form-ch"}
+        )
         assert response.status_code == 200, response.text
         (event,) = listener.take(1)
         assert (event.id, event.event, event.data) == (response.json()["id"], "note", "from a form")
-        multipart = post(demo, "/say", files={"data": (None, "multipart"), "channel": (None, "form-ch")})
+        multipart = post(
+            demo, "/say", files={"data": (None, "multipart"), "channel": (None, "form-ch")}
+        )
         assert multipart.status_code == 200, multipart.text
         assert listener.take(1)[0].data == "multipart"
 
@@ -285,7 +303,9 @@ class TestDemo:
             pytest.param("a" * MAX_DATA, id="ascii"),
         ],
     )
-    def test_data_at_the_limit_is_published_and_one_byte_more_is_413(self, demo: Server, stream: t.Callable[..., StreamClient], text: str) -> None:
+    def test_data_at_the_limit_is_published_and_one_byte_more_is_413(
+        self, demo: Server, stream: t.Callable[..., StreamClient], text: str
+    ) -> None:
         assert len(text.encode()) == MAX_DATA
         listener = stream(demo.url, channels=["big"])
         event_id = demo.say(text, channel="big")
@@ -299,14 +319,22 @@ class TestDemo:
                 post(demo, "/say", data={"data": over, "channel": WITNESS}),
             ):
                 message = error_of(response, 413)
-                assert "SSE_MAX_DATA_BYTES" in message and str(size) in message and str(MAX_DATA) in message
+                assert (
+                    "SSE_MAX_DATA_BYTES" in message
+                    and str(size) in message
+                    and str(MAX_DATA) in message
+                )
 
     def test_size_counts_utf8_bytes_not_characters(self, demo: Server) -> None:
         text = "é" * (MAX_DATA // 2 + 1)  # far fewer characters than the limit, one byte pair over
         assert len(text) < MAX_DATA
-        assert "SSE_MAX_DATA_BYTES" in error_of(post(demo, "/say", json={"data": text, "channel": WITNESS}), 413)
+        assert "SSE_MAX_DATA_BYTES" in error_of(
+            post(demo, "/say", json={"data": text, "channel": WITNESS}), 413
+        )
 
-    def test_json_data_is_measured_as_its_compact_text(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_json_data_is_measured_as_its_compact_text(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url, channels=["big"])
         at_limit = ["a" * (MAX_DATA - 4)]  # ["aaa…"] is 4 bytes more
         event_id = demo.say(at_limit, channel="big")
@@ -319,7 +347,9 @@ class TestDemo:
         "content_type",
         ["application/json", "application/x-www-form-urlencoded", None],
     )
-    def test_body_far_over_the_limit_is_413_quickly(self, demo: Server, content_type: str | None) -> None:
+    def test_body_far_over_the_limit_is_413_quickly(
+        self, demo: Server, content_type: str | None
+    ) -> None:
         started = time.monotonic()
         headers = {"Content-Type": content_type} if content_type else {}
         response = post(demo, "/say", data=b"x" * 10_000_000, headers=headers)
@@ -328,13 +358,17 @@ class TestDemo:
 
     def test_body_far_over_the_limit_says_which_limit(self, demo: Server) -> None:
         message = error_of(post(demo, "/say", json={"data": "x" * 10_000_000}), 413)
-        assert "SSE_MAX_DATA_BYTES" in message, f"the error should say which limit applies: {message!r}"
+        assert "SSE_MAX_DATA_BYTES" in message, (
+            f"the error should say which limit applies: {message!r}"
+        )
 
     def test_body_far_over_the_limit_is_refused_before_it_is_sent(self, demo: Server) -> None:
         with socket.create_connection(("127.0.0.1", demo.port), timeout=10) as sock:
             sock.sendall(
                 b"POST /say HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 10000000\r\nConnection: close\r\n\r\n" + b'{"data": "' + b"x" * 1000
+                b"Content-Length: 10000000\r\nConnection: close\r\n\r\n"
+                + b'{"data": "'
+                + b"x" * 1000
             )
             received = b""
             while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
@@ -347,8 +381,13 @@ class TestDemo:
 
     # -- 405, 404 -------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("method, path", [("DELETE", "/say"), ("PUT", "/say"), ("POST", "/events"), ("DELETE", "/stats")])
-    def test_wrong_method_is_405_json_with_allow(self, demo: Server, method: str, path: str) -> None:
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [("DELETE", "/say"), ("PUT", "/say"), ("POST", "/events"), ("DELETE", "/stats")],
+    )
+    def test_wrong_method_is_405_json_with_allow(
+        self, demo: Server, method: str, path: str
+    ) -> None:
         response = request(method, demo, path)
         error_of(response, 405)
         allowed = {m.strip() for m in response.headers["Allow"].split(",")}
@@ -363,10 +402,20 @@ class TestDemo:
         wait_for_streams(demo, 1)  # only the witness
         before = demo.stats()
         assert set(before) == {"consumers", "channels", "published", "dropped", "backend"}
-        assert (before["channels"], before["dropped"], before["backend"]) == ({WITNESS: 1}, 0, "memory")
+        assert (before["channels"], before["dropped"], before["backend"]) == (
+            {WITNESS: 1},
+            0,
+            "memory",
+        )
         one = stream(demo.url, channels=["stats-a"])
         two = stream(demo.url, channels=["stats-a", "stats-b"])
-        expected = {"consumers": 3, "channels": {WITNESS: 1, "stats-a": 2, "stats-b": 1}, "published": before["published"], "dropped": 0, "backend": "memory"}
+        expected = {
+            "consumers": 3,
+            "channels": {WITNESS: 1, "stats-a": 2, "stats-b": 1},
+            "published": before["published"],
+            "dropped": 0,
+            "backend": "memory",
+        }
         wait_until(lambda: demo.stats() == expected, 10, f"/stats to show {expected}")
         demo.say("a", channel="stats-a")
         demo.say("b", channel="stats-b")
@@ -378,7 +427,11 @@ class TestDemo:
         assert second[:2] == ["a", "b"] and second[2] == first[1], second
         assert demo.stats() == {**expected, "published": before["published"] + 4}
         two.close()
-        wait_until(lambda: demo.stats()["channels"] == {WITNESS: 1, "stats-a": 1}, 10, "the closed stream to leave the registry")
+        wait_until(
+            lambda: demo.stats()["channels"] == {WITNESS: 1, "stats-a": 1},
+            10,
+            "the closed stream to leave the registry",
+        )
         assert demo.stats()["consumers"] == 2
 
     def test_healthz(self, demo: Server) -> None:
@@ -389,7 +442,9 @@ class TestDemo:
 
     # -- GET /say -------------------------------------------------------------------------
 
-    def test_get_say_without_msg_publishes_hello_n(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_get_say_without_msg_publishes_hello_n(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url, channels=["hello"])
         answers = [get(demo, "/say", params={"channel": "hello"}) for _ in range(3)]
         assert all(answer.status_code == 200 for answer in answers)
@@ -399,7 +454,9 @@ class TestDemo:
         assert numbers == sorted(set(numbers)) and numbers[0] >= 1
         assert all(e.event == "message" for e in events)
 
-    def test_get_say_takes_msg_or_data_channel_and_event(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_get_say_takes_msg_or_data_channel_and_event(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url, channels=["get-ch"])
         queries = [
             {"msg": "via msg", "channel": "get-ch"},
@@ -421,7 +478,9 @@ class TestDemo:
             (ids[3], "message", ""),
         ]
 
-    def test_get_say_on_the_default_channel(self, demo: Server, stream: t.Callable[..., StreamClient]) -> None:
+    def test_get_say_on_the_default_channel(
+        self, demo: Server, stream: t.Callable[..., StreamClient]
+    ) -> None:
         listener = stream(demo.url)
         response = get(demo, "/say", params={"msg": "hi"})
         (event,) = listener.take(1)
@@ -429,7 +488,9 @@ class TestDemo:
 
     # -- and the server served everyone throughout ----------------------------------------
 
-    def test_the_open_stream_survived_every_error_and_got_nothing_refused(self, demo: Server, witness: StreamClient) -> None:
+    def test_the_open_stream_survived_every_error_and_got_nothing_refused(
+        self, demo: Server, witness: StreamClient
+    ) -> None:
         event_id = demo.say("still here", channel=WITNESS)
         (event,) = witness.take(1)
         assert (event.id, event.data) == (event_id, "still here")
@@ -444,8 +505,17 @@ class TestDemo:
 
 @pytest.fixture(scope="class")
 def private(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
-    env = {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_MAX_CONNECTIONS": "2", "SSE_MAX_STREAMS_PER_ADDRESS": "1"}
-    server = Server(["--app", "apps.http_private:create_app"], env, tmp_path_factory.mktemp("http-private") / "gunicorn.log", 1)
+    env = {
+        "SSE_PUBLISH_TOKEN": TOKEN,
+        "SSE_MAX_CONNECTIONS": "2",
+        "SSE_MAX_STREAMS_PER_ADDRESS": "1",
+    }
+    server = Server(
+        ["--app", "apps.http_private:create_app"],
+        env,
+        tmp_path_factory.mktemp("http-private") / "gunicorn.log",
+        1,
+    )
     yield server
     server.stop()
 
@@ -454,8 +524,12 @@ class AddressStream:
     """An httpx-sse stream opened from a given loopback address, kept open until closed."""
 
     def __init__(self, url: str, address: str, channels: t.Sequence[str] = ()) -> None:
-        self._client = httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=10)
-        self._context = httpx_sse.connect_sse(self._client, "GET", url + "/events", params=[("channel", c) for c in channels])
+        self._client = httpx.Client(
+            transport=httpx.HTTPTransport(local_address=address), timeout=10
+        )
+        self._context = httpx_sse.connect_sse(
+            self._client, "GET", url + "/events", params=[("channel", c) for c in channels]
+        )
         self.source = self._context.__enter__()
         self.response = self.source.response
         if self.response.status_code != 200:
@@ -503,7 +577,9 @@ class TestPrivate:
             pytest.param({"Authorization": f"Bearer\u00e9 {TOKEN}"}, id="non-ascii-scheme"),
         ],
     )
-    def test_say_without_the_right_bearer_token_is_401(self, private: Server, headers: dict[str, str]) -> None:
+    def test_say_without_the_right_bearer_token_is_401(
+        self, private: Server, headers: dict[str, str]
+    ) -> None:
         published = private.stats()["published"]
         for response in (
             post(private, "/say", json={"data": "x"}, headers=headers),
@@ -520,18 +596,33 @@ class TestPrivate:
         listener = StreamClient(private.url, channels=["open"])
         try:
             assert listener.response.status_code == 200
-            posted = post(private, "/say", json={"data": "json", "channel": "open"}, headers=self.auth())
-            got = get(private, "/say", params={"msg": "query", "channel": "open"}, headers=self.auth())
-            form = post(private, "/say", data={"data": "form", "channel": "open"}, headers={"Authorization": f"bearer {TOKEN}"})
-            assert [r.status_code for r in (posted, got, form)] == [200, 200, 200], [r.text for r in (posted, got, form)]
+            posted = post(
+                private, "/say", json={"data": "json", "channel": "open"}, headers=self.auth()
+            )
+            got = get(
+                private, "/say", params={"msg": "query", "channel": "open"}, headers=self.auth()
+            )
+            form = post(
+                private,
+                "/say",
+                data={"data": "form", "channel": "open"},
+                headers={"Authorization": f"bearer {TOKEN}"},
+            )
+            assert [r.status_code for r in (posted, got, form)] == [200, 200, 200], [
+                r.text for r in (posted, got, form)
+            ]
             events = listener.take(3)
-            assert [(e.id, e.data) for e in events] == [(r.json()["id"], d) for r, d in zip((posted, got, form), ("json", "query", "form"))]
+            assert [(e.id, e.data) for e in events] == [
+                (r.json()["id"], d) for r, d in zip((posted, got, form), ("json", "query", "form"))
+            ]
         finally:
             listener.close()
 
     # -- 403 ------------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("channels", [["secret"], ["secret-plans"], ["public", "secret:1"], ["secret", "public"]])
+    @pytest.mark.parametrize(
+        "channels", [["secret"], ["secret-plans"], ["public", "secret:1"], ["secret", "public"]]
+    )
     def test_refused_channel_is_403(self, private: Server, channels: list[str]) -> None:
         response = get(private, "/events", params=[("channel", c) for c in channels])
         message = error_of(response, 403)
@@ -542,14 +633,23 @@ class TestPrivate:
         listener = StreamClient(private.url, channels=["public", "not-secret", "Secret"])
         try:
             assert listener.response.status_code == 200
-            ids = [post(private, "/say", json={"data": c, "channel": c}, headers=self.auth()).json()["id"] for c in ("public", "not-secret", "Secret")]
-            assert [(e.id, e.data) for e in listener.take(3)] == list(zip(ids, ["public", "not-secret", "Secret"]))
+            ids = [
+                post(private, "/say", json={"data": c, "channel": c}, headers=self.auth()).json()[
+                    "id"
+                ]
+                for c in ("public", "not-secret", "Secret")
+            ]
+            assert [(e.id, e.data) for e in listener.take(3)] == list(
+                zip(ids, ["public", "not-secret", "Secret"])
+            )
         finally:
             listener.close()
 
     # -- 503 ------------------------------------------------------------------------------
 
-    def test_stream_limits_are_503_with_retry_after(self, private: Server, opened: list[AddressStream]) -> None:
+    def test_stream_limits_are_503_with_retry_after(
+        self, private: Server, opened: list[AddressStream]
+    ) -> None:
         opened.append(first := AddressStream(private.url, "127.0.0.1", ["lim"]))
         assert first.response.status_code == 200
 
@@ -557,7 +657,10 @@ class TestPrivate:
         opened.append(again := AddressStream(private.url, "127.0.0.1", ["lim"]))
         message = error_of(again.response, 503)
         assert "SSE_MAX_STREAMS_PER_ADDRESS" in message and "127.0.0.1" in message
-        assert again.response.headers["Retry-After"].isdigit() and int(again.response.headers["Retry-After"]) >= 1
+        assert (
+            again.response.headers["Retry-After"].isdigit()
+            and int(again.response.headers["Retry-After"]) >= 1
+        )
 
         # SSE_MAX_CONNECTIONS=2: a second address is let in, a third is not.
         opened.append(second := AddressStream(private.url, "127.0.0.2", ["lim"]))
@@ -565,7 +668,10 @@ class TestPrivate:
         opened.append(third := AddressStream(private.url, "127.0.0.3", ["lim"]))
         message = error_of(third.response, 503)
         assert "SSE_MAX_CONNECTIONS" in message
-        assert third.response.headers["Retry-After"].isdigit() and int(third.response.headers["Retry-After"]) >= 1
+        assert (
+            third.response.headers["Retry-After"].isdigit()
+            and int(third.response.headers["Retry-After"]) >= 1
+        )
         assert private.stats()["consumers"] == 2
 
         # Once a stream closes, its slot is free again.
@@ -583,7 +689,9 @@ class TestPrivate:
         wait_until(accepted, 15, "a stream to be accepted after one closed")
 
         # The streams let in were served throughout.
-        event_id = post(private, "/say", json={"data": "to both", "channel": "lim"}, headers=self.auth()).json()["id"]
+        event_id = post(
+            private, "/say", json={"data": "to both", "channel": "lim"}, headers=self.auth()
+        ).json()["id"]
         for client in (first, opened[-1]):
             event = client.next_event()
             assert (event.id, event.data) == (event_id, "to both")

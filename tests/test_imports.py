@@ -90,7 +90,14 @@ def test_all_is_sorted_and_exists() -> None:
 def test_public_names() -> None:
     """The extension, the encoder and the exceptions are exported from the package."""
     expected = {"SSE", "Event", "encode_event", "encode_comment"}
-    expected |= {"SSEError", "ConfigError", "InvalidInput", "InvalidChannel", "DataTooLarge", "BrokerUnavailable"}
+    expected |= {
+        "SSEError",
+        "ConfigError",
+        "InvalidInput",
+        "InvalidChannel",
+        "DataTooLarge",
+        "BrokerUnavailable",
+    }
     assert expected <= set(sse_flask.__all__)
 
 
@@ -106,8 +113,12 @@ def test_exceptions_tree() -> None:
     assert issubclass(sse_flask.ConfigError, (sse_flask.SSEError, ValueError))
     assert issubclass(sse_flask.InvalidChannel, sse_flask.InvalidInput)
     assert issubclass(sse_flask.DataTooLarge, sse_flask.InvalidInput)
-    assert issubclass(sse_flask.InvalidInput, ValueError) and issubclass(sse_flask.InvalidInput, sse_flask.SSEError)
-    assert issubclass(sse_flask.BrokerUnavailable, sse_flask.SSEError) and not issubclass(sse_flask.BrokerUnavailable, ValueError)
+    assert issubclass(sse_flask.InvalidInput, ValueError) and issubclass(
+        sse_flask.InvalidInput, sse_flask.SSEError
+    )
+    assert issubclass(sse_flask.BrokerUnavailable, sse_flask.SSEError) and not issubclass(
+        sse_flask.BrokerUnavailable, ValueError
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,6 +146,12 @@ def test_module_all_names_exist(module: str) -> None:
 
 def test_version() -> None:
     """``python -m sse_flask --version`` prints the package version."""
-    result = subprocess.run([sys.executable, "-m", "sse_flask", "--version"], capture_output=True, text=True, timeout=60, cwd=REPO.parent)
+    result = subprocess.run(
+        [sys.executable, "-m", "sse_flask", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO.parent,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"sse-flask, version {sse_flask.__version__}"

@@ -7,16 +7,16 @@ with the in-process broker and with Redis and two workers. The app is tests/apps
 from __future__ import annotations
 
 import itertools
-import time
 import json
+import time
 import typing as t
 from pathlib import Path
 
 import pytest
 import requests
+from conftest import RedisServer, Server, StreamClient, wait_until
 from flask import Flask, g
 
-from conftest import RedisServer, Server, StreamClient, wait_until
 from sse_flask import SSE
 
 APP = "apps.jobs_app:create_app"
@@ -201,7 +201,7 @@ def cancel(jobs: Jobs, channel: str) -> None:
 
 @pytest.mark.parametrize("jobs_env", [{"SSE_JOB_RETENTION": "1"}])
 def test_a_jobs_events_go_after_its_retention(jobs: Jobs) -> None:
-    channel, token, name, _ = jobs.start(parts=1)
+    channel, token, _name, _ = jobs.start(parts=1)
     with open_job(jobs, channel, token) as client:
         assert [event.event for event in client.rest()] == ["message", "done"]
 
@@ -215,7 +215,9 @@ def test_a_jobs_events_go_after_its_retention(jobs: Jobs) -> None:
 def test_a_jobs_channel_needs_its_token_alone_and_no_publisher(
     serve: t.Callable[..., Server], tmp_path: Path
 ) -> None:
-    server = serve(app=APP, env={"JOBS_LOG": str(tmp_path / "jobs.log"), "SSE_PUBLISH_TOKEN": TOKEN})
+    server = serve(
+        app=APP, env={"JOBS_LOG": str(tmp_path / "jobs.log"), "SSE_PUBLISH_TOKEN": TOKEN}
+    )
     response = server.post("/jobs", json={"name": "x", "parts": 1})
     channel, token = response.json()["channel"], response.json()["token"]
     assert channel.startswith("job:") and len(channel) >= 4 + 24

@@ -9,9 +9,9 @@ import logging
 import typing as t
 
 import pytest
+from conftest import Gunicorn, Server, StreamClient, wait_until
 from flask import Flask
 
-from conftest import Gunicorn, Server, StreamClient, wait_until
 from sse_flask import SSE
 from sse_flask.logs import RedactTokens, redact
 

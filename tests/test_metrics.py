@@ -3,6 +3,7 @@ stream leaves when it closes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,13 +36,23 @@ def test_open_streams_are_summed_over_four_workers(serve: t.Callable[..., Server
         for raw in streams:
             raw.read_until(b"retry:")
         held = {pid: _sockets(pid) - at_rest[pid] for pid in at_rest}
-        assert sum(1 for count in held.values() if count) >= 2, f"streams not spread over workers: {held}"
+        assert sum(1 for count in held.values() if count) >= 2, (
+            f"streams not spread over workers: {held}"
+        )
         for _ in range(12):  # each request may land on any worker: all must agree
             assert sample(server, "sse_streams_open") == 40
         victim = max(held, key=held.__getitem__)
         os.kill(victim, signal.SIGKILL)
-        dead = wait_until(lambda: _settled(lambda: sum(map(_closed, streams))), 20, "the killed worker's streams to end")
-        wait_until(lambda: sample(server, "sse_streams_open") == 40 - dead, 20, f"the killed worker's {dead} streams to drop out")
+        dead = wait_until(
+            lambda: _settled(lambda: sum(map(_closed, streams))),
+            20,
+            "the killed worker's streams to end",
+        )
+        wait_until(
+            lambda: sample(server, "sse_streams_open") == 40 - dead,
+            20,
+            f"the killed worker's {dead} streams to drop out",
+        )
     finally:
         for raw in streams:
             raw.close()
@@ -71,14 +82,14 @@ def _sockets(pid: int) -> int:
     fds = f"/proc/{pid}/fd"
     count = 0
     for fd in os.listdir(fds):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             count += os.readlink(f"{fds}/{fd}").startswith("socket:")
-        except FileNotFoundError:
-            pass
     return count
 
 
-def test_counters_and_close_log(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+def test_counters_and_close_log(
+    serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]
+) -> None:
     """Published, frames and bytes sent, replays and ``missed`` are counted; a closed stream
     logs why it closed, how long it lasted, and what it sent."""
     server = serve(env={"SSE_HISTORY": "2"})
@@ -100,7 +111,9 @@ def test_counters_and_close_log(serve: t.Callable[..., Server], stream: t.Callab
     assert sample(server, "sse_replays_total") == 1
     assert sample(server, "sse_missed_sent_total") == 1
     assert sample(server, "sse_publish_latency_seconds_count") == 4
-    log = wait_until(lambda: server.log().count("stream closed") >= 2 and server.log(), 10, "close log lines")
+    log = wait_until(
+        lambda: server.log().count("stream closed") >= 2 and server.log(), 10, "close log lines"
+    )
     closed = r"stream closed \(client went away\) after [0-9.]+ s: (\d+) events, (\d+) bytes"
     lines = re.findall(closed + ", channels metered", log)
     # The first stream sent "one"; the resumed one sent missed, "later 1" and "later 2".
@@ -110,7 +123,9 @@ def test_counters_and_close_log(serve: t.Callable[..., Server], stream: t.Callab
     assert sample(server, "sse_frames_sent_total") == 4
 
 
-def test_missed_is_counted(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+def test_missed_is_counted(
+    serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]
+) -> None:
     server = serve()
     server.say("x")
     client = stream(server.url, last_event_id="unknown-1")

@@ -32,11 +32,17 @@ def test_wheel_contents(wheel: tuple[Path, Path]) -> None:
     built, source = wheel
     with zipfile.ZipFile(built) as archive:
         names = set(archive.namelist())
-        entry_points = next(archive.read(name).decode() for name in names if name.endswith(".dist-info/entry_points.txt"))
+        entry_points = next(
+            archive.read(name).decode()
+            for name in names
+            if name.endswith(".dist-info/entry_points.txt")
+        )
     assert [name for name in ASSETS if name not in names] == []
     modules = {path.relative_to(source).as_posix() for path in (source / "sse_flask").rglob("*.py")}
     assert modules - names == set()
-    assert not any(name.startswith(("tests/", "templates/", "static/")) for name in names), "assets belong inside the package"
+    assert not any(name.startswith(("tests/", "templates/", "static/")) for name in names), (
+        "assets belong inside the package"
+    )
     assert "sse-flask = sse_flask.cli:main" in entry_points
 
 
@@ -79,12 +85,24 @@ def test_unpacked_wheel_serves_the_demo(wheel: tuple[Path, Path], tmp_path: Path
     )
     assert result.returncode == 0, result.stderr
     report: dict[str, t.Any] = json.loads(result.stdout)
-    assert Path(report["file"]).resolve().is_relative_to(site.resolve()), f"imported {report['file']}, not the wheel"
+    assert Path(report["file"]).resolve().is_relative_to(site.resolve()), (
+        f"imported {report['file']}, not the wheel"
+    )
     answers = report["answers"]
     assert {path: answer[0] for path, answer in answers.items()} == dict.fromkeys(answers, 200)
-    assert answers["/"][1] == "text/html" and "/static/demo.js" in report["linked"] and "/static/demo.css" in report["linked"]
+    assert (
+        answers["/"][1] == "text/html"
+        and "/static/demo.js" in report["linked"]
+        and "/static/demo.css" in report["linked"]
+    )
     assert answers["/static/demo.js"][1] == answers["/sse-flask.js"][1] == "text/javascript"
     assert answers["/static/demo.css"][1] == "text/css"
-    shipped = {"/static/demo.js": "static/demo.js", "/static/demo.css": "static/demo.css", "/sse-flask.js": "static/sse-flask.js"}
+    shipped = {
+        "/static/demo.js": "static/demo.js",
+        "/static/demo.css": "static/demo.css",
+        "/sse-flask.js": "static/sse-flask.js",
+    }
     for path, asset in shipped.items():
-        assert answers[path][2] == (source / asset).read_text(encoding="utf-8"), f"{path} is not the shipped {asset}"
+        assert answers[path][2] == (source / asset).read_text(encoding="utf-8"), (
+            f"{path} is not the shipped {asset}"
+        )

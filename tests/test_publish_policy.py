@@ -14,10 +14,10 @@ import logging
 import typing as t
 
 import pytest
+from conftest import Gunicorn
 from flask import Flask
 from werkzeug.test import TestResponse
 
-from conftest import Gunicorn
 from sse_flask import SSE
 from sse_flask.config import DEFAULTS
 

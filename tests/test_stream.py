@@ -34,7 +34,9 @@ class Wire(RawStream):
     """A raw stream whose response is decoded: status, headers, the de-chunked body, and
     the body's frames (the server ends each line with LF and each frame with a blank line)."""
 
-    def __init__(self, port: int, path: str = "/events", headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, port: int, path: str = "/events", headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(port, path, headers)
         self.eof = False
         self._body: list[bytes] = []
@@ -76,14 +78,18 @@ class Wire(RawStream):
         self.received += chunk
         self._decode()
 
-    def wait_for(self, predicate: t.Callable[[Wire], t.Any], timeout: float = 10, what: str = "") -> t.Any:
+    def wait_for(
+        self, predicate: t.Callable[[Wire], t.Any], timeout: float = 10, what: str = ""
+    ) -> t.Any:
         """Read until ``predicate(self)`` is true; return its value."""
         deadline = time.monotonic() + timeout
         while not (result := predicate(self)):
             remaining = deadline - time.monotonic()
             if self.eof or remaining <= 0:
                 state = "the connection closed" if self.eof else f"timed out after {timeout} s"
-                raise AssertionError(f"waiting for {what or predicate}: {state}; body so far {self.body[-800:]!r}")
+                raise AssertionError(
+                    f"waiting for {what or predicate}: {state}; body so far {self.body[-800:]!r}"
+                )
             self.pump(min(remaining, 0.2))
         return result
 
@@ -104,7 +110,10 @@ class Wire(RawStream):
     @property
     def headers(self) -> dict[str, str]:
         lines = self.head.decode("latin-1").split("\r\n")[1:]
-        return {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        return {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines)
+        }
 
     @property
     def body(self) -> bytes:
@@ -167,7 +176,9 @@ class Wire(RawStream):
             start = line_end + 2
             if len(data) < start + size + 2:
                 return
-            assert data[start + size : start + size + 2] == b"\r\n", data[start + size - 20 : start + size + 20]
+            assert data[start + size : start + size + 2] == b"\r\n", data[
+                start + size - 20 : start + size + 20
+            ]
             if size == 0:
                 self.ended = True
                 self._next = start + 2  # no trailers
@@ -186,11 +197,19 @@ def raw() -> t.Iterator[OpenWire]:
     exists."""
     opened: list[Wire] = []
 
-    def open_wire(server: Server, path: str = "/events", headers: dict[str, str] | None = None, *, ready: bool = True) -> Wire:
+    def open_wire(
+        server: Server,
+        path: str = "/events",
+        headers: dict[str, str] | None = None,
+        *,
+        ready: bool = True,
+    ) -> Wire:
         stream = Wire(server.port, path, headers)
         opened.append(stream)
         if ready:
-            stream.wait_for(lambda w: w.body.startswith(b"retry:") and b"\n" in w.body, 10, "retry:")
+            stream.wait_for(
+                lambda w: w.body.startswith(b"retry:") and b"\n" in w.body, 10, "retry:"
+            )
         return stream
 
     yield open_wire
@@ -207,7 +226,9 @@ def pump_all(wires: t.Sequence[Wire], done: t.Callable[[Wire], bool], timeout: f
             selector.register(wire.sock, selectors.EVENT_READ, wire)
         while pending:
             remaining = deadline - time.monotonic()
-            assert remaining > 0, f"{len(pending)} of {len(wires)} streams still waiting; one has {pending[0].body[-300:]!r}"
+            assert remaining > 0, (
+                f"{len(pending)} of {len(wires)} streams still waiting; one has {pending[0].body[-300:]!r}"
+            )
             for key, _ in selector.select(min(remaining, 0.5)):
                 wire = key.data
                 if not wire.pump(0.01) and wire.eof:
@@ -238,7 +259,7 @@ class Background:
         def run() -> None:
             try:
                 function()
-            except BaseException as e:  # noqa: BLE001 - re-raised by join() in the test's thread
+            except BaseException as e:
                 self._failure.append(e)
 
         self._thread = threading.Thread(target=run, daemon=True)
@@ -262,10 +283,14 @@ def take(client: StreamClient, count: int, timeout: float = 20) -> list[t.Any]:
             try:
                 events.extend(client.take(1))
             except StopIteration:
-                raise AssertionError(f"the stream ended after {len(events)} of {count} events: {_brief(events)}") from None
+                raise AssertionError(
+                    f"the stream ended after {len(events)} of {count} events: {_brief(events)}"
+                ) from None
 
     if not Background(run).join(timeout):
-        raise AssertionError(f"{len(events)} of {count} events arrived within {timeout} s: {_brief(events)}")
+        raise AssertionError(
+            f"{len(events)} of {count} events arrived within {timeout} s: {_brief(events)}"
+        )
     return events
 
 
@@ -291,7 +316,9 @@ def test_stream_headers_and_retry_first(serve: Serve, raw: OpenWire) -> None:
     assert headers["x-accel-buffering"] == "no"
     # The first bytes of the body, once the chunked framing is taken off.
     assert wire.body.startswith(b"retry: 1234\n"), wire.body[:100]
-    assert not wire.body.startswith(b"retry: 1234\n\n"), "a blank line would dispatch an empty event"
+    assert not wire.body.startswith(b"retry: 1234\n\n"), (
+        "a blank line would dispatch an empty event"
+    )
     wire.close()
 
 
@@ -301,12 +328,20 @@ HOSTILE = [
     ("lf-and-trailing-lf", "one\ntwo\n", "one\ntwo\n"),
     ("only-crlf", "\r\n", "\n"),
     ("empty", "", ""),
-    ("fields-in-data", "data: forged\nid: 999\nevent: evil\nretry: 1\n\ndata: second", "data: forged\nid: 999\nevent: evil\nretry: 1\n\ndata: second"),
+    (
+        "fields-in-data",
+        "data: forged\nid: 999\nevent: evil\nretry: 1\n\ndata: second",
+        "data: forged\nid: 999\nevent: evil\nretry: 1\n\ndata: second",
+    ),
     ("fields-after-cr", "id: 1\r\n\r\nevent: x\rdata: y", "id: 1\n\nevent: x\ndata: y"),
     ("colon-line", "before\n:\nafter", "before\n:\nafter"),
     ("only-colon", ":", ":"),
     ("comment-like", ": comment-like", ": comment-like"),
-    ("leading-spaces", "  two leading spaces\n one\n\tand a tab", "  two leading spaces\n one\n\tand a tab"),
+    (
+        "leading-spaces",
+        "  two leading spaces\n one\n\tand a tab",
+        "  two leading spaces\n one\n\tand a tab",
+    ),
     ("one-space", " ", " "),
     (
         "unicode",
@@ -316,7 +351,11 @@ HOSTILE = [
     ("nul", "nul\x00inside", "nul\x00inside"),
     ("60KB-one-line", "0123456789abcdef" * 3840, "0123456789abcdef" * 3840),
     ("60KB-many-lines", "line of text\r\n" * 4389, "line of text\n" * 4389),
-    ("json-object", {"b": [True, None, "x\ny"], "a": 1.5, "\u00fc": "\U0001f600"}, '{"b":[true,null,"x\\ny"],"a":1.5,"\u00fc":"\U0001f600"}'),
+    (
+        "json-object",
+        {"b": [True, None, "x\ny"], "a": 1.5, "\u00fc": "\U0001f600"},
+        '{"b":[true,null,"x\\ny"],"a":1.5,"\u00fc":"\U0001f600"}',
+    ),
     ("json-array", [1, "two", {}], '[1,"two",{}]'),
     ("json-number", 42, "42"),
     ("json-null", None, "null"),
@@ -338,15 +377,17 @@ def test_hostile_payloads_arrive_exactly(server: Server, stream: Stream, raw: Op
     for event, (name, _, expected) in zip(events, HOSTILE):
         assert event.data == expected, f"{name}: {event.data[:200]!r} != {expected[:200]!r}"
         assert event.event == "message", name
-    assert [event.id for event in events] == ids, "ids in order of receipt are not the ids in order of publish"
+    assert [event.id for event in events] == ids, (
+        "ids in order of receipt are not the ids in order of publish"
+    )
     assert_increasing([event.id for event in events])
 
     # On the wire, each event has its own id: line first (httpx-sse would carry a previous
     # id over to an event that had none).
     wire.wait_for(lambda w: len(w.events()) >= len(ids), 20, f"{len(ids)} events on the raw stream")
-    raw = wire.events()
-    assert [event["lines"][0] for event in raw] == [f"id: {event_id}" for event_id in ids]
-    assert [event["data"] for event in raw] == [expected for _, _, expected in HOSTILE]
+    on_wire = wire.events()
+    assert [event["lines"][0] for event in on_wire] == [f"id: {event_id}" for event_id in ids]
+    assert [event["data"] for event in on_wire] == [expected for _, _, expected in HOSTILE]
     wire.close()
 
 
@@ -398,7 +439,10 @@ def test_channels_are_isolated_and_combined(server: Server, stream: Stream) -> N
         ("a3", "a"),
         ("b3", "b"),
     ]
-    ids = {data: server.say(data, **({"channel": channel} if channel else {})) for data, channel in published}
+    ids = {
+        data: server.say(data, **({"channel": channel} if channel else {}))
+        for data, channel in published
+    }
 
     def received(client: StreamClient, count: int) -> list[tuple[str, str]]:
         return [(event.data, event.id) for event in take(client, count)]
@@ -431,12 +475,16 @@ def test_many_streams_receive_the_same_events_in_order(server: Server, raw: Open
     wires = [raw(server, ready=False) for _ in range(100)]
     try:
         wait_until(lambda: consumers(server) == 100, 30, "100 streams to be registered")
-        ids = [server.say(f"event {n}", **({"event": "tick"} if n % 3 == 0 else {})) for n in range(20)]
+        ids = [
+            server.say(f"event {n}", **({"event": "tick"} if n % 3 == 0 else {})) for n in range(20)
+        ]
         pump_all(wires, lambda w: len(w.events()) >= 20, 60)
         expected = [(event_id, f"event {n}") for n, event_id in enumerate(ids)]
         for wire in wires:
             assert [(event["id"], event["data"]) for event in wire.events()] == expected
-            assert [event.get("event", "message") for event in wire.events()] == ["tick" if n % 3 == 0 else "message" for n in range(20)]
+            assert [event.get("event", "message") for event in wire.events()] == [
+                "tick" if n % 3 == 0 else "message" for n in range(20)
+            ]
     finally:
         for wire in wires:
             wire.close()
@@ -467,7 +515,8 @@ def test_resume_replays_exactly_what_was_missed(server: Server, stream: Stream, 
         resumed = stream(server.url, params={"lastEventId": seen[-1].id})
     replay = take(resumed, 5)
     assert [(event.id, event.data, event.event) for event in replay] == [
-        (event_id, f"missed {n}", "note" if n == 2 else "message") for n, event_id in enumerate(missed_ids)
+        (event_id, f"missed {n}", "note" if n == 2 else "message")
+        for n, event_id in enumerate(missed_ids)
     ]
 
     live_ids = [server.say("live 1"), server.say("live 2")]
@@ -493,7 +542,9 @@ def test_resume_from_an_id_older_than_the_history_says_missed(serve: Serve, stre
     assert missed.event == "missed"
     assert json.loads(missed.data) == {"last_event_id": ids[0], "oldest_retained": ids[7]}
     assert missed.id, "the missed event carries an id"
-    assert [(event.id, event.data) for event in replay] == [(ids[n], f"event {n}") for n in (7, 8, 9)]
+    assert [(event.id, event.data) for event in replay] == [
+        (ids[n], f"event {n}") for n in (7, 8, 9)
+    ]
     assert_increasing([missed.id, *ids[7:]])
 
     live = server.say("live")
@@ -527,8 +578,12 @@ def test_resume_from_an_unknown_id_says_missed(serve: Serve, stream: Stream) -> 
         resumed = stream(server.url, params={"lastEventId": garbage})
         missed, *replay = take(resumed, 4)
         assert missed.event == "missed", garbage
-        assert json.loads(missed.data) == {"last_event_id": garbage, "oldest_retained": ids[0]}, garbage
-        assert [(event.id, event.data) for event in replay] == list(zip(ids, ["one", "two", "three"])), garbage
+        assert json.loads(missed.data) == {"last_event_id": garbage, "oldest_retained": ids[0]}, (
+            garbage
+        )
+        assert [(event.id, event.data) for event in replay] == list(
+            zip(ids, ["one", "two", "three"])
+        ), garbage
         server.say(f"live {n}", channel="elsewhere")  # keeps the replay the same for the next one
         live = server.say(f"live {n}", channel="live")
         listener = stream(server.url, channels=["live"], params={"lastEventId": garbage})
@@ -537,12 +592,19 @@ def test_resume_from_an_unknown_id_says_missed(serve: Serve, stream: Stream) -> 
         listener.close()
     # Live after the replay, on the resumed stream itself.
     resumed = stream(server.url, last_event_id="garbage")
-    assert [event.event for event in take(resumed, 4)] == ["missed", "message", "message", "message"]
+    assert [event.event for event in take(resumed, 4)] == [
+        "missed",
+        "message",
+        "message",
+        "message",
+    ]
     live = server.say("live")
     assert [event.id for event in take(resumed, 1)] == [live]
 
 
-def test_resume_with_an_id_from_a_restarted_server_says_missed(serve: Serve, stream: Stream) -> None:
+def test_resume_with_an_id_from_a_restarted_server_says_missed(
+    serve: Serve, stream: Stream
+) -> None:
     """Ids carry enough to tell one broker's lifetime from the next: an id issued before a
     restart is unknown afterwards (missed, then the replay), never mistaken for a new one."""
     before = serve(env={"SSE_HEARTBEAT": "5"})
@@ -551,13 +613,17 @@ def test_resume_with_an_id_from_a_restarted_server_says_missed(serve: Serve, str
 
     after = serve(env={"SSE_HEARTBEAT": "5"})
     new_ids = [after.say(f"new {n}") for n in range(3)]
-    assert not set(old_ids) & set(new_ids), "a restarted broker handed out an id it had handed out before"
+    assert not set(old_ids) & set(new_ids), (
+        "a restarted broker handed out an id it had handed out before"
+    )
 
     resumed = stream(after.url, last_event_id=old_ids[-1])
     missed, *replay = take(resumed, 4)
     assert missed.event == "missed"
     assert json.loads(missed.data) == {"last_event_id": old_ids[-1], "oldest_retained": new_ids[0]}
-    assert [(event.id, event.data) for event in replay] == [(new_ids[n], f"new {n}") for n in range(3)]
+    assert [(event.id, event.data) for event in replay] == [
+        (new_ids[n], f"new {n}") for n in range(3)
+    ]
     live = after.say("live")
     assert [event.id for event in take(resumed, 1)] == [live]
 
@@ -572,7 +638,9 @@ def test_idle_stream_gets_heartbeat_comments(serve: Serve, stream: Stream, raw: 
     opened = time.monotonic()
     arrivals: list[float] = []
     while len(arrivals) < 4:
-        wire.wait_for(lambda w: len(w.comments()) > len(arrivals), 5, f"heartbeat comment {len(arrivals) + 1}")
+        wire.wait_for(
+            lambda w: len(w.comments()) > len(arrivals), 5, f"heartbeat comment {len(arrivals) + 1}"
+        )
         arrivals.append(time.monotonic())
     gaps = [b - a for a, b in zip([opened, *arrivals], arrivals)]
     # 0.5 s asked; a loaded machine may add some lateness, never a missing beat.
@@ -600,7 +668,9 @@ def test_closed_streams_are_removed_within_a_heartbeat(serve: Serve, raw: OpenWi
         closed_at = time.monotonic()
         for wire in wires:
             wire.close()
-    wait_until(lambda: consumers(server) == baseline, heartbeat + 5, "the closed streams to be removed")
+    wait_until(
+        lambda: consumers(server) == baseline, heartbeat + 5, "the closed streams to be removed"
+    )
     elapsed = time.monotonic() - closed_at
     assert elapsed < heartbeat + 1, f"closed streams were removed after {elapsed:.2f} s"
     assert server.stats()["channels"] == {}
@@ -659,15 +729,25 @@ def test_slow_consumer_is_cut_off_without_delaying_others(serve: Serve, stream: 
         client = stream(server.url, timeout=30)
         assert consumers(server) == 2
 
-        published, received, rss_growth = _flood(server, client, worker, count=160, size=64000)  # 10 MB
+        published, received, rss_growth = _flood(
+            server, client, worker, count=160, size=64000
+        )  # 10 MB
 
         assert [event_id for event_id, _, _ in received] == [event_id for event_id, _ in published]
         for n, (_, _, data) in enumerate(received):
             assert data == _flood_data(n, 64000), f"event {n} arrived altered"
-        latencies = sorted(arrived - sent for (_, sent), (_, arrived, _) in zip(published, received))
-        assert latencies[-1] < 1.0, f"slowest delivery {latencies[-1]:.2f} s (median {latencies[len(latencies) // 2]:.3f} s)"
+        latencies = sorted(
+            arrived - sent for (_, sent), (_, arrived, _) in zip(published, received)
+        )
+        assert latencies[-1] < 1.0, (
+            f"slowest delivery {latencies[-1]:.2f} s (median {latencies[len(latencies) // 2]:.3f} s)"
+        )
 
-        stats = wait_until(lambda: (s := server.stats())["dropped"] >= 1 and s["consumers"] == 1 and s, 10, "the slow stream to be dropped")
+        stats = wait_until(
+            lambda: (s := server.stats())["dropped"] >= 1 and s["consumers"] == 1 and s,
+            10,
+            "the slow stream to be dropped",
+        )
         assert stats["dropped"] == 1 and stats["channels"] == {"default": 1}
         # Measured: 4 MiB. A server that kept a copy of what it sent, or of all the slow
         # client missed, would grow by 10 MB or more.
@@ -689,7 +769,9 @@ def _flood_data(n: int, size: int) -> str:
     return f"{n:05d}" + chr(ord("a") + n % 26) * (size - 5)
 
 
-def _flood(server: Server, client: StreamClient, worker: int, *, count: int, size: int) -> tuple[list[tuple[str, float]], list[tuple[str, float, str]], float]:
+def _flood(
+    server: Server, client: StreamClient, worker: int, *, count: int, size: int
+) -> tuple[list[tuple[str, float]], list[tuple[str, float, str]], float]:
     """Publish ``count`` events of ``size`` bytes while ``client`` reads them in a thread.
 
     Return (id, time sent) per publish, (id, time received, data) per event received, and
@@ -717,7 +799,9 @@ def _flood(server: Server, client: StreamClient, worker: int, *, count: int, siz
 # --- ending streams ---------------------------------------------------------------------
 
 
-def test_graceful_reload_ends_open_streams_at_once(server: Server, stream: Stream, raw: OpenWire) -> None:
+def test_graceful_reload_ends_open_streams_at_once(
+    server: Server, stream: Stream, raw: OpenWire
+) -> None:
     """A stopping worker ends its streams at once, instead of holding them until the graceful
     timeout (10 s), so clients reconnect to a new worker."""
     wire = raw(server)
@@ -745,10 +829,14 @@ def test_graceful_reload_ends_open_streams_at_once(server: Server, stream: Strea
     event_id = server.say("after the reload")
     assert event_id != before
     assert [(event.id, event.data) for event in take(client, 1)] == [(event_id, "after the reload")]
-    assert [(event.id, event.data) for event in take(resumed, 1)] == [(event_id, "after the reload")]
+    assert [(event.id, event.data) for event in take(resumed, 1)] == [
+        (event_id, "after the reload")
+    ]
 
 
-def test_a_stopping_worker_ends_streams_opened_after_the_stop(server: Server, raw: OpenWire) -> None:
+def test_a_stopping_worker_ends_streams_opened_after_the_stop(
+    server: Server, raw: OpenWire
+) -> None:
     """A stopping worker's streams end at once, so that clients reconnect to another worker;
     that includes a reconnect that arrives on the kept-alive connection of a stream it just
     ended (browsers reuse it: SSE_RETRY_MS, 3 s, is shorter than gunicorn's keep-alive, 5 s).
@@ -779,10 +867,14 @@ def test_a_stopping_worker_ends_streams_opened_after_the_stop(server: Server, ra
     )
 
 
-def test_max_stream_seconds_closes_and_resume_loses_nothing(serve: Serve, stream: Stream, raw: OpenWire) -> None:
+def test_max_stream_seconds_closes_and_resume_loses_nothing(
+    serve: Serve, stream: Stream, raw: OpenWire
+) -> None:
     """SSE_MAX_STREAM_SECONDS closes each stream after this lifetime (with jitter); the client
     resumes with Last-Event-ID: no duplicates, no gaps."""
-    server = serve(env={"SSE_MAX_STREAM_SECONDS": "1", "SSE_HEARTBEAT": "0.3", "SSE_HISTORY": "100000"})
+    server = serve(
+        env={"SSE_MAX_STREAM_SECONDS": "1", "SSE_HEARTBEAT": "0.3", "SSE_HISTORY": "100000"}
+    )
     published: list[str] = []
     stop = threading.Event()
 
@@ -798,7 +890,11 @@ def test_max_stream_seconds_closes_and_resume_loses_nothing(serve: Serve, stream
         lifetime = time.monotonic() - opened
         assert 0.8 <= lifetime <= 3, f"the stream lasted {lifetime:.2f} s"
         seen = len(published)
-        wait_until(lambda: len(published) >= seen + 5 or publisher.join(0), 10, "more publishes after the close")
+        wait_until(
+            lambda: len(published) >= seen + 5 or publisher.join(0),
+            10,
+            "more publishes after the close",
+        )
     finally:
         stop.set()
     assert publisher.join(10)
@@ -826,12 +922,20 @@ def test_publish_from_another_process_reaches_a_stream(server: Server, stream: S
     def say(*args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "sse_flask", "say", *args, "--url", server.url],
-            capture_output=True, text=True, env=env, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
     first = say("hello from another process")
     second = say("extra! extra!", "--channel", "news", "--event", "headline")
-    assert [(event.id, event.event, event.data) for event in take(default, 1)] == [(first, "message", "hello from another process")]
-    assert [(event.id, event.event, event.data) for event in take(news, 1)] == [(second, "headline", "extra! extra!")]
+    assert [(event.id, event.event, event.data) for event in take(default, 1)] == [
+        (first, "message", "hello from another process")
+    ]
+    assert [(event.id, event.event, event.data) for event in take(news, 1)] == [
+        (second, "headline", "extra! extra!")
+    ]

@@ -207,7 +207,9 @@ def test_lifetime(broker: MemoryBroker) -> None:
     for reader in readers:
         reader.join(lifetime + 5)
     for index, took in enumerate(ended):
-        assert 0.9 * lifetime - 0.01 <= took <= lifetime + 0.3, f"stream {index} lasted {took:.3f} s"
+        assert 0.9 * lifetime - 0.01 <= took <= lifetime + 0.3, (
+            f"stream {index} lasted {took:.3f} s"
+        )
         streams[index].close()
     # Eight lifetimes drawn from a range of 0.1 s all fall within 0.02 s of each other
     # about once in 10,000 runs; lifetimes without jitter always do, barring a stall.

@@ -8,13 +8,12 @@ import typing as t
 
 import itsdangerous
 import pytest
+from conftest import Server, StreamClient
 from flask import Flask
 from flask.testing import FlaskClient
 
 from sse_flask import SSE
 from sse_flask.config import load_settings
-
-from conftest import Server, StreamClient
 
 
 @pytest.fixture
@@ -30,7 +29,9 @@ def status(client: FlaskClient, query: str) -> tuple[int, str]:
     """Open /events?query and close it at once; the status and any error message."""
     response = client.get("/events?" + query, buffered=False)
     try:
-        return response.status_code, (response.json or {}).get("error", "") if response.is_json else ""
+        return response.status_code, (response.json or {}).get(
+            "error", ""
+        ) if response.is_json else ""
     finally:
         response.close()
 
@@ -61,7 +62,14 @@ def test_private_needs_a_token_public_does_not(app: Flask) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "garbage", "a.b.c", itsdangerous.URLSafeSerializer("another secret", salt="sse-flask.subscribe").dumps({"c": ["user:1"], "e": 9e12})],
+    [
+        "",
+        "garbage",
+        "a.b.c",
+        itsdangerous.URLSafeSerializer("another secret", salt="sse-flask.subscribe").dumps(
+            {"c": ["user:1"], "e": 9e12}
+        ),
+    ],
     ids=["empty", "garbage", "dotted", "other secret"],
 )
 def test_forged_tokens_are_refused(app: Flask, bad: str) -> None:
@@ -70,7 +78,9 @@ def test_forged_tokens_are_refused(app: Flask, bad: str) -> None:
 
 
 def test_an_expired_token_is_refused(app: Flask) -> None:
-    code, error = status(app.test_client(), f"channel=user:1&token={token(app, 'user:1', expires_in=-1)}")
+    code, error = status(
+        app.test_client(), f"channel=user:1&token={token(app, 'user:1', expires_in=-1)}"
+    )
     assert code == 403 and "expired" in error
 
 
@@ -85,7 +95,10 @@ def test_minting_needs_a_secret_key_and_valid_channels() -> None:
 
 
 def test_private_prefixes_are_configurable() -> None:
-    assert load_settings({}, {"SSE_PRIVATE_PREFIXES": "team:, user:"}).private_prefixes == ("team:", "user:")
+    assert load_settings({}, {"SSE_PRIVATE_PREFIXES": "team:, user:"}).private_prefixes == (
+        "team:",
+        "user:",
+    )
     app = Flask(__name__)
     app.config.update(SECRET_KEY="s", SSE_PRIVATE_PREFIXES=["team:"])
     SSE(app)
@@ -102,7 +115,9 @@ def test_a_custom_authorizer_replaces_the_default(app: Flask) -> None:
     assert status(client, "channel=news")[0] == 403
 
 
-def test_a_stream_ends_when_its_token_expires(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]) -> None:
+def test_a_stream_ends_when_its_token_expires(
+    serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient]
+) -> None:
     """Against real gunicorn: the stream is open and receives while the token is valid,
     and the server closes it at expiry, not later; a new stream with it is then refused."""
     env = {"SSE_HEARTBEAT": "0.2", "SSE_PUBLISH_TOKEN": "tokens-test publisher"}

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import Process, Server, wait_until
 from flask import Flask
 
-from conftest import Process, Server, wait_until
 from sse_flask import SSE
 
 HEARTBEAT = 1.0

@@ -26,7 +26,6 @@ import httpx
 import httpx_sse
 import pytest
 import requests
-
 from conftest import Server, need, wait_until
 from test_fanout_gevent import run_ok
 
@@ -201,7 +200,11 @@ def test_a_middleware_that_wraps_the_body_sees_every_byte(serve: t.Callable[...,
         received = b""
         while b"retry:" not in received:
             received += sock.recv(65536)
-        wait_until(lambda: requests.get(server.url + "/stats", timeout=5).json()["consumers"] == 1, 10, "the stream")
+        wait_until(
+            lambda: requests.get(server.url + "/stats", timeout=5).json()["consumers"] == 1,
+            10,
+            "the stream",
+        )
         for n in range(5):
             requests.get(server.url + "/say", params={"msg": f"m{n}"}, timeout=5).raise_for_status()
         deadline = time.monotonic() + 10
@@ -231,10 +234,21 @@ def test_streams_over_tls_are_left_to_gunicorn(tmp_path: Path) -> None:
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
         )  # fmt: skip
     try:
-        port = int(wait_until(lambda: re.search(r"Listening at: https://127\.0\.0\.1:(\d+)", log_path.read_text()), 30, "gunicorn").group(1))
+        port = int(
+            wait_until(
+                lambda: re.search(
+                    r"Listening at: https://127\.0\.0\.1:(\d+)", log_path.read_text()
+                ),
+                30,
+                "gunicorn",
+            ).group(1)
+        )
         url = f"https://127.0.0.1:{port}"
         wait_until(lambda: "Worker ready" in log_path.read_text(), 30, "the worker")
-        with httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=10) as client, httpx_sse.connect_sse(client, "GET", url + "/events") as source:
+        with (
+            httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=10) as client,
+            httpx_sse.connect_sse(client, "GET", url + "/events") as source,
+        ):
             events = source.iter_sse()
             for n in range(3):
                 client.get(url + "/say", params={"msg": f"tls {n}"}).raise_for_status()
@@ -274,5 +288,5 @@ def test_a_client_that_reads_late_gets_every_byte_in_order(serve: t.Callable[...
         length = int(size, 16)
         assert body[length : length + 2] == b"\r\n", "a chunk is not followed by CRLF"
         frames, body = frames + body[:length], body[length + 2 :]
-    data = [line[6:].decode() for line in frames.split(b"\n") if line.startswith(b"data: ")]
-    assert data == sent
+    delivered = [line[6:].decode() for line in frames.split(b"\n") if line.startswith(b"data: ")]
+    assert delivered == sent

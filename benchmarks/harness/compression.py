@@ -43,7 +43,16 @@ def measure(workdir: Path, *, events: int = 500, cpu: int | None = None) -> list
     port = procs.free_port()
     server = procs.start(
         "sse_flask-gzip",
-        [sys.executable, "-m", "sse_flask", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "sse_flask",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+        ],
         cpu=cpu,
         env={**os.environ, "PYTHONUNBUFFERED": "1", "SSE_COMPRESS": "1"},
         cwd=PEERS,
@@ -57,13 +66,21 @@ def measure(workdir: Path, *, events: int = 500, cpu: int | None = None) -> list
         server.stop()
 
 
-def _one_kind(base: str, title: str, make: t.Callable[[int], t.Any], events: int) -> dict[str, t.Any]:
+def _one_kind(
+    base: str, title: str, make: t.Callable[[int], t.Any], events: int
+) -> dict[str, t.Any]:
     channel = f"gzip-{len(title)}-{time.monotonic_ns()}"
     readers = {encoding: _Reader(base, channel, encoding) for encoding in ("identity", "gzip")}
-    procs.wait_for(lambda: requests.get(base + "/stats", timeout=5).json()["channels"].get(channel) == 2, 10, "both streams")
+    procs.wait_for(
+        lambda: requests.get(base + "/stats", timeout=5).json()["channels"].get(channel) == 2,
+        10,
+        "both streams",
+    )
     with requests.Session() as session:
         for n in range(1, events + 1):
-            session.post(base + "/say", json={"data": make(n), "channel": channel}, timeout=10).raise_for_status()
+            session.post(
+                base + "/say", json={"data": make(n), "channel": channel}, timeout=10
+            ).raise_for_status()
             time.sleep(0.01)
     for reader in readers.values():
         reader.wait_for(events)
@@ -86,7 +103,11 @@ class _Reader(threading.Thread):
         super().__init__(daemon=True)
         self.encoding = encoding
         self.response = requests.get(
-            base + "/events", params={"channel": channel}, headers={"Accept-Encoding": encoding}, stream=True, timeout=30
+            base + "/events",
+            params={"channel": channel},
+            headers={"Accept-Encoding": encoding},
+            stream=True,
+            timeout=30,
         )
         self.response.raise_for_status()
         got = self.response.headers.get("Content-Encoding", "identity")
@@ -114,7 +135,9 @@ class _Reader(threading.Thread):
         return sum(1 for line in self.text().splitlines() if line.startswith("data: "))
 
     def wait_for(self, events: int) -> None:
-        procs.wait_for(lambda: self.events() >= events, 30, f"{events} events on the {self.encoding} stream")
+        procs.wait_for(
+            lambda: self.events() >= events, 30, f"{events} events on the {self.encoding} stream"
+        )
         self.response.close()
 
 

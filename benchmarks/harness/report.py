@@ -13,9 +13,15 @@ __all__ = ["markdown", "plot"]
 Result = dict[str, t.Any]
 
 
-def _find(results: list[Result], server: str, mode: str, streams: int | None = None) -> Result | None:
+def _find(
+    results: list[Result], server: str, mode: str, streams: int | None = None
+) -> Result | None:
     for r in results:
-        if r["server"] == server and r["mode"] == mode and (streams is None or r["streams"] == streams):
+        if (
+            r["server"] == server
+            and r["mode"] == mode
+            and (streams is None or r["streams"] == streams)
+        ):
             return r
     return None
 
@@ -89,7 +95,11 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
         out.append(
             f"Background load on the two cores just before each measurement (nothing of ours running): "
             f"mean {mean:.0f}%, worst {worst:.0f}%"
-            + (" — other work shared the machine; compare rows within this run only.\n" if worst > 20 else ".\n")
+            + (
+                " — other work shared the machine; compare rows within this run only.\n"
+                if worst > 20
+                else ".\n"
+            )
         )
     out.append("## Headline\n")
     out.append(
@@ -175,7 +185,9 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
                 continue
             if not _ok(r):
                 held = f"{r.get('subscribed', 0):,}" if "subscribed" in r else "—"
-                out.append(f"| {SERVERS[name].title} | {n:,} | {held} | failed: see below |" + " |" * 6)
+                out.append(
+                    f"| {SERVERS[name].title} | {n:,} | {held} | failed: see below |" + " |" * 6
+                )
                 continue
             lat = r["load"].get("latency_ms") or {}
             out.append(
@@ -205,7 +217,9 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
         out.append("## Problems seen\n")
         for r in problems:
             text = r.get("error") or _load_problems(r)
-            out.append(f"- **{SERVERS[r['server']].title}**, {r['mode']} with {r['streams']:,} streams:")
+            out.append(
+                f"- **{SERVERS[r['server']].title}**, {r['mode']} with {r['streams']:,} streams:"
+            )
             out.append("  ```")
             out.extend("  " + line for line in str(text).strip().splitlines()[:25])
             out.append("  ```")
@@ -224,7 +238,11 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
 
 
 def _server_cpu(r: Result | None) -> float | None:
-    return None if r is None or "server_cpu_percent" not in r else r["server_cpu_percent"] + r["redis_cpu_percent"]
+    return (
+        None
+        if r is None or "server_cpu_percent" not in r
+        else r["server_cpu_percent"] + r["redis_cpu_percent"]
+    )
 
 
 def _server_cpu_text(r: Result) -> str:
@@ -276,13 +294,17 @@ def _load_problems(r: Result) -> str:
             f"{_server_cpu(r):.0f}%: other processes competed for the core, so this figure understates the server"
         )
     if r["mode"] == "fanout" and load.get("out_of_order"):
-        lines.append(f"{load['out_of_order']:,} deliveries arrived out of publish order (one publisher)")
+        lines.append(
+            f"{load['out_of_order']:,} deliveries arrived out of publish order (one publisher)"
+        )
     if load.get("timed_out"):
         lines.append("the load generator hit its deadline")
     return "\n".join(lines)
 
 
-def _ranking(servers: list[str], figures: dict[str, dict[str, float | None]], ours: list[str]) -> str:
+def _ranking(
+    servers: list[str], figures: dict[str, dict[str, float | None]], ours: list[str]
+) -> str:
     lines = []
     for mine in ours:
         firsts, behind = [], []
@@ -303,7 +325,9 @@ def _ranking(servers: list[str], figures: dict[str, dict[str, float | None]], ou
                 firsts.append(heading)
         lines.append(
             f"- **{SERVERS[mine].title}**: ahead of every peer in "
-            f"{', '.join(firsts) or 'no column'}" + (f"; {'; '.join(behind)}" if behind else "") + "."
+            f"{', '.join(firsts) or 'no column'}"
+            + (f"; {'; '.join(behind)}" if behind else "")
+            + "."
         )
     return "\n".join(lines) + "\n"
 
@@ -328,7 +352,10 @@ def plot(results: list[Result], path: Path) -> bool:
         points = sorted(
             (r["streams"], _latency(r, "p99"), _latency(r, "p50"), r["subscribed"] < r["streams"])
             for r in results
-            if r["server"] == name and r["mode"] == "fanout" and _ok(r) and r.get("subscribed", 0) >= 0.99 * r["streams"]
+            if r["server"] == name
+            and r["mode"] == "fanout"
+            and _ok(r)
+            and r.get("subscribed", 0) >= 0.99 * r["streams"]
         )
         points = [p for p in points if p[1] is not None]
         if not points:
@@ -337,7 +364,14 @@ def plot(results: list[Result], path: Path) -> bool:
         xs = [p[0] for p in points]
         sizes.update(xs)
         width = 2.6 if server.ours else 1.6
-        ax.plot(xs, [p[1] for p in points], marker="o", color=color, linewidth=width, label=f"{server.title} p99")
+        ax.plot(
+            xs,
+            [p[1] for p in points],
+            marker="o",
+            color=color,
+            linewidth=width,
+            label=f"{server.title} p99",
+        )
         for x, p99, _, partial in points:
             if partial:
                 ax.plot([x], [p99], marker="o", markersize=9, markerfacecolor="white", color=color)

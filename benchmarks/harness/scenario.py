@@ -8,6 +8,7 @@ with no stream open, once every stream is open and idle, and after the events.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -108,7 +109,18 @@ def run_scenario(
         deadline = connect_timeout + window_timeout + 60
         load = procs.start(
             "loadgen",
-            [str(binaries["loadgen"]), "-url", base, "-procs", "1", "-stall", "8", "-deadline", str(deadline), *args],
+            [
+                str(binaries["loadgen"]),
+                "-url",
+                base,
+                "-procs",
+                "1",
+                "-stall",
+                "8",
+                "-deadline",
+                str(deadline),
+                *args,
+            ],
             cpu=plan.load_cpu,
             env={"PATH": "/usr/bin:/bin", "GOMAXPROCS": "1"},
             log=workdir / f"{label}.loadgen.log",
@@ -124,7 +136,11 @@ def run_scenario(
         cpu_server_0, cpu_load_0 = procs.cpu_seconds(server_pids()), procs.cpu_seconds([load.pid])
         redis_cpu_0 = procs.cpu_seconds(procs.session_pids(redis.pid)) if redis is not None else 0.0
         window = plan.duration if mode == "throughput" else plan.events / plan.rate + 2
-        spy = _start_py_spy(max(procs.session_pids(srv.pid)), profile, window, plan, workdir) if profile else None
+        spy = (
+            _start_py_spy(max(procs.session_pids(srv.pid)), profile, window, plan, workdir)
+            if profile
+            else None
+        )
         if spy is not None:
             started.append(spy)
         cores_0 = procs.core_busy_seconds(plan.server_cpu), procs.core_busy_seconds(plan.load_cpu)
@@ -137,7 +153,11 @@ def run_scenario(
         cores = procs.core_busy_seconds(plan.server_cpu), procs.core_busy_seconds(plan.load_cpu)
         result["server_core_busy_percent"] = 100 * (cores[0] - cores_0[0]) / wall
         result["load_core_busy_percent"] = 100 * (cores[1] - cores_0[1]) / wall
-        redis_cpu = procs.cpu_seconds(procs.session_pids(redis.pid)) - redis_cpu_0 if redis is not None else 0.0
+        redis_cpu = (
+            procs.cpu_seconds(procs.session_pids(redis.pid)) - redis_cpu_0
+            if redis is not None
+            else 0.0
+        )
         result["rss_after"] = procs.rss_bytes(server_pids())
         result["cpu_window_seconds"] = wall
         result["server_cpu_percent"] = 100 * cpu_server / wall
@@ -145,10 +165,8 @@ def run_scenario(
         result["load_cpu_percent"] = 100 * cpu_load / wall
         line = load.expect("result ", timeout=60)
         if spy is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
             result["profile"] = str(profile)
         result["load"] = json.loads(line[len("result ") :])
         subscribed = max(result["subscribed"], 1)
@@ -177,17 +195,34 @@ def _background_busy(plan: Plan, seconds: float = 0.5) -> list[float]:
     cores = (plan.server_cpu, plan.load_cpu)
     before = [procs.core_busy_seconds(cpu) for cpu in cores]
     time.sleep(seconds)
-    return [round(100 * (procs.core_busy_seconds(cpu) - b) / seconds) for cpu, b in zip(cores, before)]
+    return [
+        round(100 * (procs.core_busy_seconds(cpu) - b) / seconds) for cpu, b in zip(cores, before)
+    ]
 
 
-def _start_py_spy(pid: int, output: Path, seconds: float, plan: Plan, workdir: Path) -> procs.Proc | None:
+def _start_py_spy(
+    pid: int, output: Path, seconds: float, plan: Plan, workdir: Path
+) -> procs.Proc | None:
     spy = shutil.which("py-spy")
     if spy is None:
         return None
     return procs.start(
         "py-spy",
-        [spy, "record", "--pid", str(pid), "--rate", "250", "--duration", str(int(seconds) + 1),
-         "--nonblocking", "--format", "speedscope", "--output", str(output)],  # fmt: skip
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            "250",
+            "--duration",
+            str(int(seconds) + 1),
+            "--nonblocking",
+            "--format",
+            "speedscope",
+            "--output",
+            str(output),
+        ],
         cpu=plan.load_cpu,
         log=workdir / "py-spy.log",
     )

@@ -22,10 +22,18 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 PEERS = BENCH_DIR / "peers"
 
 _GUNICORN_GEVENT = [
-    "-k", "gevent", "--workers", "1",
+    "-k",
+    "gevent",
+    "--workers",
+    "1",
     # Room for 10,000 streams plus the publishers and /stats.
-    "--worker-connections", "20000",
-    "--keep-alive", "5", "--no-control-socket", "--chdir", str(PEERS),
+    "--worker-connections",
+    "20000",
+    "--keep-alive",
+    "5",
+    "--no-control-socket",
+    "--chdir",
+    str(PEERS),
 ]
 
 
@@ -52,11 +60,22 @@ class Server:
 
 
 def _sse_flask(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
-    argv = [sys.executable, "-m", "sse_flask", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "sse_flask",
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+    ]
     return argv + (["--broker", redis_url] if redis_url else [])
 
 
-def _sse_flask_under(worker_class: str) -> t.Callable[[int, str | None, dict[str, Path]], list[str]]:
+def _sse_flask_under(
+    worker_class: str,
+) -> t.Callable[[int, str | None, dict[str, Path]], list[str]]:
     """sse_flask's own gunicorn settings, under one of gunicorn's gevent worker classes
     instead of sse_flask's."""
 
@@ -71,7 +90,15 @@ def _sse_flask_under(worker_class: str) -> t.Callable[[int, str | None, dict[str
 
 def _gunicorn(module: str) -> t.Callable[[int, str | None, dict[str, Path]], list[str]]:
     def argv(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", *_GUNICORN_GEVENT, "--bind", f"127.0.0.1:{port}", module]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            *_GUNICORN_GEVENT,
+            "--bind",
+            f"127.0.0.1:{port}",
+            module,
+        ]
 
     return argv
 
@@ -97,9 +124,24 @@ SERVERS: dict[str, Server] = {
         Server("go", "Go net/http, channel per client", _go, env={"GOMAXPROCS": "1"}),
         Server("flask-queue", "Flask + queue.Queue, gunicorn gevent", _gunicorn("flask_queue:app")),
         Server("sse-starlette", "sse-starlette on uvicorn (uvloop, httptools)", _uvicorn),
-        Server("flask-sse", "flask-sse (Redis pub/sub), gunicorn gevent", _gunicorn("flask_sse_app:app"), redis=True),
-        Server("sse_flask-gevent", "sse_flask on gunicorn's gevent worker", _sse_flask_under("gevent"), default=False),
-        Server("sse_flask-pywsgi", "sse_flask on gunicorn's gevent_pywsgi worker", _sse_flask_under("gevent_pywsgi"), default=False),
+        Server(
+            "flask-sse",
+            "flask-sse (Redis pub/sub), gunicorn gevent",
+            _gunicorn("flask_sse_app:app"),
+            redis=True,
+        ),
+        Server(
+            "sse_flask-gevent",
+            "sse_flask on gunicorn's gevent worker",
+            _sse_flask_under("gevent"),
+            default=False,
+        ),
+        Server(
+            "sse_flask-pywsgi",
+            "sse_flask on gunicorn's gevent_pywsgi worker",
+            _sse_flask_under("gevent_pywsgi"),
+            default=False,
+        ),
     ]
 }
 
@@ -113,7 +155,9 @@ def build_go(cache: Path) -> dict[str, Path]:
     """
     go = shutil.which("go")
     if go is None:
-        raise RuntimeError("the Go toolchain is needed for the load generator: apt-get install -y golang-go")
+        raise RuntimeError(
+            "the Go toolchain is needed for the load generator: apt-get install -y golang-go"
+        )
     cache.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOPROXY": "off", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
     env.setdefault("GOCACHE", str(cache / "go-build"))
@@ -121,7 +165,12 @@ def build_go(cache: Path) -> dict[str, Path]:
     for name, source in (("loadgen", BENCH_DIR / "loadgen"), ("goserver", PEERS / "go")):
         target = cache / name
         result = subprocess.run(
-            [go, "build", "-o", str(target), "."], cwd=source, env=env, capture_output=True, text=True, timeout=300
+            [go, "build", "-o", str(target), "."],
+            cwd=source,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         if result.returncode != 0:
             raise RuntimeError(f"go build in {source} failed:\n{result.stderr}")

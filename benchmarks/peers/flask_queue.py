@@ -49,7 +49,11 @@ def events() -> Response:
             with _lock:
                 _clients.discard(mailbox)
 
-    return Response(frames(), content_type="text/event-stream; charset=utf-8", headers={"Cache-Control": "no-cache"})
+    return Response(
+        frames(),
+        content_type="text/event-stream; charset=utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 @app.post("/say")
@@ -57,7 +61,9 @@ def say() -> Response:
     data = request.get_json()["data"]
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     event_id = next(_ids)
-    frame = f"id: {event_id}\n" + "".join(f"data: {line}\n" for line in _LINE_BREAK.split(text)) + "\n"
+    frame = (
+        f"id: {event_id}\n" + "".join(f"data: {line}\n" for line in _LINE_BREAK.split(text)) + "\n"
+    )
     encoded = frame.encode()
     with _lock:
         mailboxes = list(_clients)

@@ -29,5 +29,5 @@ def say() -> Response:
 
 @app.get("/stats")
 def stats() -> Response:
-    (_, count), = _redis.pubsub_numsub("sse")
+    ((_, count),) = _redis.pubsub_numsub("sse")
     return jsonify(consumers=count)

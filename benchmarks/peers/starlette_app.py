@@ -59,4 +59,6 @@ async def stats(request: Request) -> JSONResponse:
     return JSONResponse({"consumers": len(_clients), **_counts})
 
 
-app = Starlette(routes=[Route("/events", events), Route("/say", say, methods=["POST"]), Route("/stats", stats)])
+app = Starlette(
+    routes=[Route("/events", events), Route("/say", say, methods=["POST"]), Route("/stats", stats)]
+)

@@ -63,7 +63,7 @@ async def fastapi_items(n: int = 100) -> t.AsyncIterator[str]:
 
 
 @fastapi_app.get("/hold", response_class=FastAPIEventSourceResponse)
-async def fastapi_hold(id: str) -> t.AsyncIterator[str]:  # noqa: A002 (the query parameter)
+async def fastapi_hold(id: str) -> t.AsyncIterator[str]:
     async for item in _held(id):
         yield item
 

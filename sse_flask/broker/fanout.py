@@ -56,8 +56,20 @@ class Subscription:
     """
 
     __slots__ = (
-        "channels", "replay", "missed", "closed", "on_drop", "skip_until", "taken", "wake_at", "held", "direct",
-        "_frames", "_wakeup", "_limit", "_fanout",
+        "_fanout",
+        "_frames",
+        "_limit",
+        "_wakeup",
+        "channels",
+        "closed",
+        "direct",
+        "held",
+        "missed",
+        "on_drop",
+        "replay",
+        "skip_until",
+        "taken",
+        "wake_at",
     )
 
     def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
@@ -160,7 +172,7 @@ class _GreenletWakeup:
     another OS thread than the hub's goes through the loop's thread-safe queue.
     """
 
-    __slots__ = ("_flag", "_waiter", "_scheduled", "_hub", "_thread", "_current")
+    __slots__ = ("_current", "_flag", "_hub", "_scheduled", "_thread", "_waiter")
 
     def __init__(self, hub: t.Any) -> None:
         import gevent.monkey
@@ -319,7 +331,13 @@ class Fanout:
         with self.lock:
             channels = {channel: len(subs) for channel, subs in self._channels.items()}
             consumers = len(self._subscriptions)
-        return {"consumers": consumers, "channels": channels, "published": published, "dropped": self.dropped, "backend": backend}
+        return {
+            "consumers": consumers,
+            "channels": channels,
+            "published": published,
+            "dropped": self.dropped,
+            "backend": backend,
+        }
 
     def _tick(self) -> None:
         next_tick = time.monotonic() + TICK
@@ -346,7 +364,9 @@ class Fanout:
                 frames = subscription._frames
                 if not frames:
                     subscription.held = False
-                elif subscription.direct is not None and subscription.direct(data := b"".join(frames), len(frames)):
+                elif subscription.direct is not None and subscription.direct(
+                    data := b"".join(frames), len(frames)
+                ):
                     frames_sent += len(frames)
                     bytes_sent += len(data)
                     frames.clear()

@@ -118,7 +118,9 @@ class MemoryBroker:
         if on_cancel is not None:
             on_cancel()
 
-    def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
+    def subscribe(
+        self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int
+    ) -> Subscription:
         """Subscribe to ``channels``, replaying what followed ``last_event_id``.
 
         Reading the history and registering happen under one lock, so that every event is
@@ -152,7 +154,9 @@ class MemoryBroker:
     def _next(self, frame: bytes) -> tuple[str, bytes]:
         """The next id, and ``frame`` with it. The caller holds the fan-out's lock."""
         if self._stopped:
-            raise BrokerUnavailable("this worker is shutting down; publish again to reach the one replacing it")
+            raise BrokerUnavailable(
+                "this worker is shutting down; publish again to reach the one replacing it"
+            )
         self._sequence += 1
         self.published += 1
         event_id = f"{self._epoch}-{self._sequence}"
@@ -174,7 +178,12 @@ class MemoryBroker:
     def _known_sequence(self, last_event_id: str) -> int | None:
         epoch, _, sequence = last_event_id.partition("-")
         # Longer than any sequence this broker issues (and int() refuses 4,300 digits).
-        if epoch != self._epoch or not sequence.isdigit() or not sequence.isascii() or len(sequence) > 20:
+        if (
+            epoch != self._epoch
+            or not sequence.isdigit()
+            or not sequence.isascii()
+            or len(sequence) > 20
+        ):
             return None
         number = int(sequence)
         return number if number <= self._sequence else None

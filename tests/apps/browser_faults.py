@@ -21,7 +21,7 @@ from sse_flask.demo import create_app as create_demo
 def create_app() -> Flask:
     app = create_demo()
     answers: collections.deque[tuple[int, str | None]] = collections.deque()
-    seen: list[tuple[float, int, str | None]] = []
+    seen: list[tuple[float, int | None, str | None]] = []
     app.extensions["sse"].sse.authorizer(lambda channel: channel != "forbidden")
 
     @app.before_request
@@ -43,7 +43,9 @@ def create_app() -> Flask:
     @app.post("/_faults")
     def order() -> Response:
         body: dict[str, t.Any] = request.get_json()
-        answers.extend((int(status), retry_after) for status, retry_after in body.get("answers", []))
+        answers.extend(
+            (int(status), retry_after) for status, retry_after in body.get("answers", [])
+        )
         return jsonify(queued=len(answers))
 
     @app.get("/_faults")

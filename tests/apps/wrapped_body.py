@@ -19,7 +19,9 @@ def create_app() -> Flask:
     passed = {"bytes": 0}
 
     def counting(inner: WSGIApplication) -> WSGIApplication:
-        def application(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterator[bytes]:
+        def application(
+            environ: WSGIEnvironment, start_response: StartResponse
+        ) -> t.Iterator[bytes]:
             body = inner(environ, start_response)
             try:
                 for chunk in body:
@@ -32,5 +34,5 @@ def create_app() -> Flask:
         return application
 
     app.get("/passed")(lambda: dict(passed))
-    app.wsgi_app = counting(app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = counting(app.wsgi_app)  # type: ignore[method-assign,assignment]
     return app

@@ -22,9 +22,23 @@ IDLE, CONNECTING, HEAD, STREAM = range(4)
 
 class Client:
     __slots__ = (
-        "index", "channels", "use_param", "sock", "state", "buffer", "last_id", "since",
-        "sequences", "ids", "missed", "connects", "drops", "refused", "closed_by_server", "generation",
+        "buffer",
+        "channels",
+        "closed_by_server",
+        "connects",
+        "drops",
+        "generation",
+        "ids",
+        "index",
+        "last_id",
+        "missed",
         "newest",
+        "refused",
+        "sequences",
+        "since",
+        "sock",
+        "state",
+        "use_param",
     )
 
     def __init__(self, index: int, channels: tuple[int, ...], use_param: bool) -> None:
@@ -52,7 +66,15 @@ class Client:
 class Crowd:
     """The clients of one process."""
 
-    def __init__(self, port: int, specs: list[tuple[int, tuple[int, ...], bool]], *, drop_every: float, away: float, seed: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        specs: list[tuple[int, tuple[int, ...], bool]],
+        *,
+        drop_every: float,
+        away: float,
+        seed: int,
+    ) -> None:
         self.address = ("127.0.0.1", port)
         self.clients = [Client(*spec) for spec in specs]
         self.drop_every = drop_every
@@ -69,7 +91,10 @@ class Crowd:
 
     def later(self, delay: float, client: Client, action: str) -> None:
         self.counter += 1
-        heapq.heappush(self.timers, (time.monotonic() + delay, self.counter, client.index, client.generation, action))
+        heapq.heappush(
+            self.timers,
+            (time.monotonic() + delay, self.counter, client.index, client.generation, action),
+        )
 
     def run_timers(self) -> float:
         """Run what is due; return the seconds until the next timer."""
@@ -198,7 +223,9 @@ class Crowd:
         client.drops += 1
         if self.random.random() < 0.3:
             # A reset rather than a close: the way a vanished client's connection ends.
-            t.cast(socket.socket, client.sock).setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            t.cast(socket.socket, client.sock).setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
         away = 0.0 if self.random.random() < 0.5 else self.random.uniform(0, self.away)
         self.close(client, away)
 
@@ -220,7 +247,8 @@ class Crowd:
             return 0
         last = self.last_of_run
         return sum(
-            1 for client in self.clients
+            1
+            for client in self.clients
             if client.state == STREAM and all(newest > last for newest in client.newest.values())
         )
 
@@ -254,12 +282,17 @@ class Crowd:
                     return
 
 
-def client_process(control: multiprocessing.connection.Connection, port: int, specs: list[tuple[int, tuple[int, ...], bool]], drop_every: float, away: float, seed: int) -> None:
+def client_process(
+    control: multiprocessing.connection.Connection,
+    port: int,
+    specs: list[tuple[int, tuple[int, ...], bool]],
+    drop_every: float,
+    away: float,
+    seed: int,
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C, and stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     Crowd(port, specs, drop_every=drop_every, away=away, seed=seed).serve(control)
-
-
 
 
 def client_specs(count: int, rng: random.Random) -> list[tuple[int, tuple[int, ...], bool]]:
@@ -273,7 +306,11 @@ def client_specs(count: int, rng: random.Random) -> list[tuple[int, tuple[int, .
 class CrowdHandle:
     """The parent's end of a client process."""
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, control: multiprocessing.connection.Connection) -> None:
+    def __init__(
+        self,
+        process: multiprocessing.process.BaseProcess,
+        control: multiprocessing.connection.Connection,
+    ) -> None:
         self.process = process
         self.control = control
         self.streaming = 0

@@ -20,7 +20,9 @@ from .ledger import COUNTERS
 from .publisher import Publisher
 
 
-def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: float) -> dict[str, t.Any]:
+def run_broker(
+    kind: str, options: argparse.Namespace, workdir: Path, deadline: float
+) -> dict[str, t.Any]:
     started = time.monotonic()
     rng = random.Random(options.seed)
     faults: list[str] = []
@@ -30,14 +32,27 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
         log(f"{kind}: {workers} worker(s) on port {server.port}; {options.clients} clients")
 
         specs = client_specs(options.clients, rng)
-        processes = options.processes or max(1, min(os.cpu_count() or 1, -(-options.clients // 500)))
+        processes = options.processes or max(
+            1, min(os.cpu_count() or 1, -(-options.clients // 500))
+        )
         context = multiprocessing.get_context("fork")
         crowds = []
         size = -(-len(specs) // processes)
         for number in range(processes):
             ours, theirs = context.Pipe()
             share = specs[number * size : (number + 1) * size]  # contiguous: found by index
-            process = context.Process(target=client_process, args=(theirs, server.port, share, options.drop_every, options.away, options.seed + number), daemon=True)
+            process = context.Process(
+                target=client_process,
+                args=(
+                    theirs,
+                    server.port,
+                    share,
+                    options.drop_every,
+                    options.away,
+                    options.seed + number,
+                ),
+                daemon=True,
+            )
             process.start()
             cleanup.callback(stop_process, process)
             crowds.append(CrowdHandle(process, ours))
@@ -60,16 +75,20 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
             """Keep reading the clients' reports until ``moment``."""
             poll(lambda: time.monotonic() >= moment, max(0.0, moment - time.monotonic()) + 5, what)
 
-        poll(lambda: sum(c.streaming for c in crowds) >= options.clients, 60, f"{options.clients} streams to open")
-        log(f"{kind}: all {options.clients} streams open; publishing {options.rate} events/s for {options.seconds} s")
+        poll(
+            lambda: sum(c.streaming for c in crowds) >= options.clients,
+            60,
+            f"{options.clients} streams to open",
+        )
+        log(
+            f"{kind}: all {options.clients} streams open; publishing {options.rate} events/s for {options.seconds} s"
+        )
 
         publisher = Publisher(server.port, options.rate)
         publisher.start()
         cleanup.callback(publisher.stop)
         run_started = time.monotonic()
-        schedule = (
-            [(0.4, "reload")] if kind == "memory" else [(0.3, "kill"), (0.6, "redis-stop")]
-        )
+        schedule = [(0.4, "reload")] if kind == "memory" else [(0.3, "kill"), (0.6, "redis-stop")]
         for fraction, fault in schedule:
             until(run_started + fraction * options.seconds, "the next fault")
             if fault == "reload":
@@ -77,7 +96,9 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
                 faults.append(f"graceful reload (SIGHUP) at {time.monotonic() - run_started:.1f} s")
             elif fault == "kill":
                 victim = server.kill_worker()
-                faults.append(f"worker {victim} SIGKILLed at {time.monotonic() - run_started:.1f} s")
+                faults.append(
+                    f"worker {victim} SIGKILLed at {time.monotonic() - run_started:.1f} s"
+                )
             elif fault == "redis-stop":
                 assert redis is not None
                 at = time.monotonic() - run_started
@@ -103,14 +124,25 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
         log(f"{kind}: run over after {run_seconds:.1f} s ({last_of_run + 1} events); draining")
         drain_started = time.monotonic()
         try:
-            poll(lambda: all(c.caught_up_reported for c in crowds) and sum(c.caught_up for c in crowds) >= options.clients, options.drain, "every client to catch up")
+            poll(
+                lambda: (
+                    all(c.caught_up_reported for c in crowds)
+                    and sum(c.caught_up for c in crowds) >= options.clients
+                ),
+                options.drain,
+                "every client to catch up",
+            )
         except RuntimeError as e:
             log(f"{kind}: {e}; counting what arrived")
         drain_seconds = time.monotonic() - drain_started
         publisher.stop()
         peak = sampler.stop()
 
-        sent_at = {sequence: sent for sequence, sent in publisher.sent_at.items() if sequence <= last_of_run}
+        sent_at = {
+            sequence: sent
+            for sequence, sent in publisher.sent_at.items()
+            if sequence <= last_of_run
+        }
         attempts = dict(publisher.attempts)
         for crowd in crowds:
             crowd.control.send(("finish", sent_at, attempts, last_of_run))
@@ -124,7 +156,8 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
             republished.update(result["republished"])
         examples += [
             f"event {sequence} arrived under two ids: its publish was sent {attempts[sequence]} times, and an attempt "
-            f"answered with an error was accepted all the same" for sequence in sorted(republished)[:5]
+            f"answered with an error was accepted all the same"
+            for sequence in sorted(republished)[:5]
         ]
         log_text = server.log_text()
 

@@ -23,26 +23,41 @@ class Timeout(Exception):
     """The run went past --timeout."""
 
 
-
-
-
-def start_server(kind: str, options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack, name: str) -> tuple[procs.Gunicorn, procs.Redis | None]:
+def start_server(
+    kind: str, options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack, name: str
+) -> tuple[procs.Gunicorn, procs.Redis | None]:
     """``sse-flask serve`` with the ``kind`` of broker: one worker with the in-process broker,
     ``--workers`` sharing a fresh ``redis-server`` with Redis; ``cleanup`` stops them."""
     redis = None
     if kind == "redis":
         if not shutil.which("redis-server"):
-            raise SystemExit("redis-server is not installed (apt-get install redis-server); use --broker memory")
+            raise SystemExit(
+                "redis-server is not installed (apt-get install redis-server); use --broker memory"
+            )
         redis = procs.Redis(workdir / f"redis-{name}.log")
         redis.start()
         cleanup.callback(redis.stop)
     workers = 1 if kind == "memory" else options.workers
-    argv = [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0", "--workers", str(workers)]
+    argv = [
+        sys.executable,
+        "-m",
+        "sse_flask",
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        str(workers),
+    ]
     if redis is not None:
         argv += ["--broker", redis.url]
     environ = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
     server = procs.Gunicorn(
-        "sse-flask", argv, workers=workers, log=workdir / f"gunicorn-{name}.log", env={**environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO
+        "sse-flask",
+        argv,
+        workers=workers,
+        log=workdir / f"gunicorn-{name}.log",
+        env={**environ, "PYTHONUNBUFFERED": "1"},
+        cwd=REPO,
     )
     cleanup.callback(server.stop)
     return server, redis
@@ -54,7 +69,9 @@ def tracebacks(log: str) -> dict[str, int]:
     lines = log.splitlines()
     for number, line in enumerate(lines):
         if line.startswith("Traceback (most recent call last)"):
-            ending = next((later for later in lines[number + 1 :] if later and not later.startswith(" ")), "?")
+            ending = next(
+                (later for later in lines[number + 1 :] if later and not later.startswith(" ")), "?"
+            )
             found[ending[:200]] += 1
     return dict(found)
 
@@ -77,7 +94,6 @@ class Sampler(threading.Thread):
         self._stopping.set()
         self.join(5)
         return self.peak
-
 
 
 def log(message: str) -> None:

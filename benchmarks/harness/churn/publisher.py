@@ -60,7 +60,9 @@ class Publisher(threading.Thread):
             sent = time.monotonic()
             try:
                 if self._connection is None:
-                    self._connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    self._connection = http.client.HTTPConnection(
+                        "127.0.0.1", self.port, timeout=10
+                    )
                 self._connection.request("POST", "/say", body, {"Content-Type": "application/json"})
                 response = self._connection.getresponse()
                 body_text = response.read().decode("utf-8", "replace")
