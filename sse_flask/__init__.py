@@ -29,7 +29,6 @@ from .jobs import Job
 __version__ = "0.1.0"
 
 __all__ = [
-    "SSE",
     "BrokerUnavailable",
     "ConfigError",
     "DataTooLarge",
@@ -38,6 +37,7 @@ __all__ = [
     "InvalidInput",
     "InvalidToken",
     "Job",
+    "SSE",
     "SSEError",
     "UnknownJob",
     "encode_comment",
