@@ -26,7 +26,7 @@ import pytest
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from sse_flask.broker import Broker, MemoryBroker, Subscription
-from sse_flask.broker.redis import RedisBroker
+from sse_flask.broker.redis import STREAM_KEY, RedisBroker
 from sse_flask.events import Event, encode_event
 
 from conftest import wait_until
@@ -64,11 +64,18 @@ def make_broker(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[..., Br
         broker.close()
 
 
-def exact_history(make_broker: t.Callable[..., Broker]) -> None:
-    """Skip for Redis, which trims its stream approximately and keeps at least 100 entries,
-    so that a test counting on exactly ``history`` retained events does not apply."""
+def exact_history(make_broker: t.Callable[..., Broker], broker: Broker, history: int) -> None:
+    """Make Redis retain exactly ``history`` events, as the in-process broker does.
+
+    The Redis broker trims approximately and keeps at least 100 entries; an exact ``XTRIM``
+    (which an operator may run too) brings it to the count the test expects, so that what is
+    tested is its answer to a trimmed id, not how much ``MAXLEN ~`` happens to keep.
+    """
     if make_broker.backend == "redis":  # type: ignore[attr-defined]
-        pytest.skip("Redis retains approximately SSE_HISTORY events, and at least 100")
+        import redis
+
+        assert isinstance(broker, RedisBroker)
+        redis.Redis.from_url(broker.url).xtrim(STREAM_KEY, maxlen=history, approximate=False)
 
 
 @pytest.fixture
@@ -274,9 +281,9 @@ def missed_frame(event: Parsed, last_event_id: str) -> dict[str, t.Any]:
 
 def test_missed_when_older_than_history(make_broker: t.Callable[..., Broker]) -> None:
     """An id older than the history gets ``missed`` first, then everything retained, then live."""
-    exact_history(make_broker)
     broker = make_broker(history=5)
     ids = [broker.publish("a", frame(str(i))) for i in range(12)]
+    exact_history(make_broker, broker, 5)
     subscription = broker.subscribe(["a"], ids[2], queue_size=100)
     missed, *rest = replayed(subscription)
     assert missed_frame(missed, ids[2])["oldest_retained"] == ids[7]
@@ -285,11 +292,31 @@ def test_missed_when_older_than_history(make_broker: t.Callable[..., Broker]) ->
     assert [event.id for event in receive(subscription, 1)] == [live]
 
 
+def test_resume_from_1000_events_back_says_missed_and_from_the_latest_does_not(
+    make_broker: t.Callable[..., Broker],
+) -> None:
+    """With history=100, an id 1,000 events back gets ``missed``, then a retained suffix
+    that holds at least the last 100 events; the latest id gets the next event, no ``missed``.
+    On Redis this runs the broker's own approximate trimming (``MAXLEN ~``)."""
+    broker = make_broker(history=100)
+    first = broker.publish("a", frame("first"))
+    ids = [broker.publish("a", frame(str(i))) for i in range(1000)]
+    behind = broker.subscribe(["a"], first, queue_size=10)
+    missed, *rest = replayed(behind)
+    assert missed_frame(missed, first)["oldest_retained"] == rest[0].id
+    assert 100 <= len(rest) < 1000 and [event.id for event in rest] == ids[-len(rest):]
+    assert replayed(broker.subscribe(["a"], missed.id, queue_size=10)) == rest
+    latest = broker.subscribe(["a"], ids[-1], queue_size=10)
+    assert latest.replay == [] and not latest.missed
+    following = broker.publish("a", frame("next"))
+    assert receive(latest, 1) == [Parsed(following, "message", "next")]
+
+
 def test_missed_replays_only_the_requested_channels(make_broker: t.Callable[..., Broker]) -> None:
     """After ``missed``, only the retained events of the requested channels follow."""
-    exact_history(make_broker)
     broker = make_broker(history=6)
     published = [(channel, broker.publish(channel, frame(channel))) for _ in range(5) for channel in "ab"]
+    exact_history(make_broker, broker, 6)
     subscription = broker.subscribe(["b"], published[0][1], queue_size=100)
     missed, *rest = replayed(subscription)
     missed_frame(missed, published[0][1])
@@ -318,9 +345,9 @@ def test_missed_when_id_unknown(make_broker: t.Callable[..., Broker], kind: str)
 
 def test_resume_from_the_missed_frame_id(make_broker: t.Callable[..., Broker]) -> None:
     """A client cut off right after ``missed`` resumes from its id with the full replay, no second ``missed``."""
-    exact_history(make_broker)
     broker = make_broker(history=3)
     ids = [broker.publish("a", frame(str(i))) for i in range(8)]
+    exact_history(make_broker, broker, 3)
     (missed, *_) = replayed(broker.subscribe(["a"], "unknown", queue_size=10))
     again = replayed(broker.subscribe(["a"], missed.id, queue_size=10))
     assert [event.id for event in again] == ids[5:]
@@ -338,9 +365,9 @@ def test_missed_with_nothing_retained_yet(broker: Broker) -> None:
 
 def test_history_zero_keeps_nothing(make_broker: t.Callable[..., Broker]) -> None:
     """With history=0 nothing is replayed: a client that missed events is told so."""
-    exact_history(make_broker)
     broker = make_broker(history=0)
     ids = [broker.publish("a", frame(str(i))) for i in range(3)]
+    exact_history(make_broker, broker, 0)
     (missed,) = replayed(broker.subscribe(["a"], ids[0], queue_size=10))
     assert missed_frame(missed, ids[0])["oldest_retained"] is None
     assert broker.subscribe(["a"], ids[-1], queue_size=10).replay == []

@@ -17,7 +17,10 @@ Deliberate divergences:
   entries so that a reader briefly behind does not lose live events; so somewhat more than
   ``SSE_HISTORY`` events may be retained, and replayed.
 - Needs Redis 7 or later, for ``XINFO STREAM``'s ``max-deleted-entry-id``, which tells
-  exactly whether a resumed id has been trimmed away.
+  whether an entry after a resumed id was removed with ``XDEL``. Trimming does not move it:
+  each entry records instead the id generated just before it, so that a trimmed id is held
+  only if it directly precedes the oldest retained entry. Redis keeps only the greatest id
+  ever deleted, so after an ``XDEL`` every resume from before that id is told ``missed``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ log = logging.getLogger("sse_flask")
 
 STREAM_KEY = "sse_flask:events"
 EPOCH_KEY = "sse_flask:epoch"
+LAST_KEY = "sse_flask:last"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
 _POOL_SIZE = 8
@@ -51,14 +55,25 @@ _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2**64 - 1  # both parts of a stream id are unsigned 64-bit
 
 # Get or create the epoch, and append, in one step: no publish can slip between a Redis
-# restart and the new epoch.
+# restart and the new epoch. Each entry also records ``p``, the id generated just before it
+# (kept in LAST_KEY, replicated with the entry), so that a resume can tell an id this stream
+# really issued, with nothing after it gone, from one it never held. A stream that exists
+# without LAST_KEY (written by an older version) gets an empty ``p``: a resume from just
+# before that entry is then held only within its millisecond (see ``_predecessor``), else
+# answered with ``missed``, the safe side.
 _PUBLISH = """
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
   epoch = ARGV[3]
   redis.call('SET', KEYS[2], epoch)
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', ARGV[2], 'e', epoch, 'f', ARGV[4])
+local previous = redis.call('GET', KEYS[3])
+if not previous then
+  previous = redis.call('EXISTS', KEYS[1]) == 1 and '' or '0-0'
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+  'c', ARGV[2], 'e', epoch, 'p', previous, 'f', ARGV[4])
+redis.call('SET', KEYS[3], id)
 return {epoch, id}
 """
 
@@ -101,7 +116,8 @@ class RedisBroker:
 
         try:
             epoch, stream_id = self._publish(
-                keys=[STREAM_KEY, EPOCH_KEY], args=[self._maxlen, channel, secrets.token_hex(4), frame]
+                keys=[STREAM_KEY, EPOCH_KEY, LAST_KEY],
+                args=[self._maxlen, channel, secrets.token_hex(4), frame],
             )
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
@@ -165,7 +181,14 @@ class RedisBroker:
     def _history_after(self, last_event_id: str) -> tuple[bytes | None, list[_Entry], Position]:
         """A ``missed`` frame if ``last_event_id`` is unknown or trimmed away (``None`` if
         not), the retained entries after it (all of them after a ``missed``), and the
-        stream's last position they cover."""
+        stream's last position they cover.
+
+        An id is *held* only if this stream issued it and nothing after it is gone: it is
+        still retained, or it is the predecessor of the first retained entry after it, or
+        it is the last id generated; and no entry after it was deleted. Any
+        other id (trimmed further back, never issued here, from a primary that failed over
+        before replicating it) gets ``missed``: Redis cannot vouch for what followed it.
+        """
         import redis
 
         epoch, _, stream_id = last_event_id.partition("-")
@@ -173,12 +196,12 @@ class RedisBroker:
         candidate = secrets.token_hex(4)
         try:
             # One atomic snapshot: the epoch (created if Redis has none yet, so that the
-            # missed frame's id has one), what has been trimmed, and what followed the id.
+            # missed frame's id has one), what has been deleted, and what followed the id.
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.set(EPOCH_KEY, candidate, nx=True, get=True)
                 pipe.xinfo_stream(STREAM_KEY)
                 if after is not None:
-                    pipe.xrange(STREAM_KEY, _after(after), "+")
+                    pipe.xrange(STREAM_KEY, _format(after), "+")
                 answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
@@ -186,18 +209,22 @@ class RedisBroker:
         info = answers[1] if not isinstance(answers[1], Exception) else {}
         deleted = _parse(_text(info.get("max-deleted-entry-id", b"0-0"))) or (0, 0)
         last = _parse(_text(info.get("last-generated-id", b"0-0"))) or (0, 0)
-        if epoch == current_epoch and after is not None and deleted <= after <= last:
+        if epoch == current_epoch and after is not None and deleted <= after:
             if isinstance(answers[2], Exception):
                 raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {answers[2]}")
-            return None, list(answers[2]), last
+            held = list(answers[2])
+            if held and _parse(held[0][0].decode()) == after:
+                return None, held[1:], last
+            if held and _predecessor(held[0]) == after or not held and after == last:
+                return None, held, last
         entries = self._entries("-", _format(last))
         first = _parse(entries[0][0].decode()) if entries else None
         missed = Event(
             data={"last_event_id": last_event_id, "oldest_retained": f"{current_epoch}-{_format(first)}" if first else None},
             event="missed",
-            # Resuming after this id replays everything retained now: the position before
-            # the first entry, or, with none, the last position.
-            id=f"{current_epoch}-{_format(_before(first) if first else last)}",
+            # Resuming after this id replays everything retained now: with none, the last
+            # position; else the predecessor of the first entry, held by the rule above.
+            id=f"{current_epoch}-{_format(_predecessor(entries[0]) if entries else last)}",
         )
         return encode_event(missed), entries, last
 
@@ -302,6 +329,14 @@ def _after(position: Position) -> str:
 
 def _format(position: Position) -> str:
     return f"{position[0]}-{position[1]}"
+
+
+def _predecessor(entry: _Entry) -> Position:
+    """The id generated just before ``entry``: its ``p``; for an entry written without one,
+    the greatest id below it (which Redis issued only if it is in the same millisecond, and
+    then just before it)."""
+    previous = _parse(_text(entry[1].get(b"p", b"")))
+    return previous if previous is not None else _before(_parse(entry[0].decode()) or (0, 1))
 
 
 def _before(position: Position) -> Position:
