@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -27,7 +29,7 @@ from hypothesis import strategies as st
 from sse_flask.broker.redis import STREAM_KEY, RedisBroker
 from sse_flask.events import Event, encode_event
 
-from conftest import RawStream, RedisServer, Server, StreamClient, need, wait_until
+from conftest import RawStream, RedisServer, Server, StreamClient, free_port, need, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -419,3 +421,53 @@ def _position(event_id: str) -> tuple[int, int]:
     """The stream position an id names (``<epoch>-<ms>-<seq>`` or ``<ms>-<seq>``)."""
     milliseconds, sequence = event_id.split("-")[-2:]
     return int(milliseconds), int(sequence)
+
+
+# --- start-up and recovery, as logged ------------------------------------------------------
+
+
+def test_broker_warns_at_start_up_when_redis_cannot_be_reached(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Made while Redis is down, the broker starts and says so at WARNING, naming the URL."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with caplog.at_level(logging.INFO, logger="sse_flask"):
+        broker = RedisBroker(url, history=10)
+    broker.close()
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert f"cannot reach Redis at {url}" in message and "starting anyway" in message
+
+
+def test_server_starts_before_redis_warns_then_logs_the_recovery_at_info(
+    serve: t.Callable[..., Server],
+    redis_server: RedisServer,
+    stream: t.Callable[..., StreamClient],
+    tmp_path: t.Any,
+) -> None:
+    """A server started before Redis boots, with a warning at start-up; once Redis is up it
+    serves. A reader that lost Redis logs the loss at WARNING and the recovery at INFO."""
+    redis_server.stop()
+    log = tmp_path / "gunicorn-0.log"
+
+    def start_redis_once_warned() -> None:
+        wait_until(lambda: log.exists() and "starting anyway" in log.read_text(), 30, "the warning")
+        redis_server.start()
+
+    starter = threading.Thread(target=start_redis_once_warned)
+    starter.start()
+    server = serve(broker=redis_server.url, env={"SSE_HEARTBEAT": "0.3"})
+    starter.join()
+    warning = rf"cannot reach Redis at {re.escape(redis_server.url)}: .*; starting anyway"
+    assert re.search(warning, server.log())
+    client = stream(server.url)
+    server.say("before")
+    assert [e.data for e in client.take(1)] == ["before"]
+    redis_server.stop()
+    wait_until(lambda: re.search(r"\[WARNING\] lost Redis at ", server.log()), 20, "the loss")
+    redis_server.start()
+    wait_until(lambda: re.search(r"\[INFO\] reconnected to Redis ", server.log()), 20, "recovery")
+    assert "[WARNING] reconnected" not in server.log()
+    server.say("after")
+    assert [e.data for e in client.take(1)] == ["after"]

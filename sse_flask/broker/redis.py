@@ -109,6 +109,13 @@ class RedisBroker:
         self._redis = redis.Redis(connection_pool=self._pool)
         self._publish = self._redis.register_script(_PUBLISH)
         self._reader: _redis.Redis | None = None
+        try:
+            self.ping()
+        except BrokerUnavailable as e:
+            # Start all the same (Redis may come up after the app): publishes answer 503
+            # and streams wait with heartbeats until it does; but say so now, not at the
+            # first request.
+            log.warning("%s; starting anyway: publishes answer 503 until it answers", e)
 
     def publish(self, channel: str, frame: bytes) -> str:
         """Append ``frame`` to the stream; every worker's reader delivers it."""
@@ -277,7 +284,7 @@ class RedisBroker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             if backoff != 0.05:
-                log.warning("reconnected to Redis at %s", self._safe_url())
+                log.info("reconnected to Redis at %s", self._safe_url())
                 backoff = 0.05
             fanout_seconds = metrics().fanout_seconds
             for _, entries in t.cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", response or []):
