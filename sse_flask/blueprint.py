@@ -18,7 +18,7 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken
+from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken, NotReplicated
 from .events import DEFAULT_EVENT
 from .extension import DEFAULT_CHANNEL, _State, check_channel
 from .metrics import exposition, metrics
@@ -163,6 +163,8 @@ def _invalid(e: ValueError) -> Response:
 
 @blueprint.errorhandler(BrokerUnavailable)
 def _unavailable(e: BrokerUnavailable) -> Response:
+    if isinstance(e, NotReplicated):
+        return _error(503, str(e), {"Retry-After": "1"})
     return _error(503, f"nothing was sent: {e}", {"Retry-After": "1"})
 
 

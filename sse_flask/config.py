@@ -32,9 +32,10 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_CORS_ORIGINS": None,
     "SSE_PRIVATE_PREFIXES": "user:",
     "SSE_COMPRESS": False,
+    "SSE_REDIS_WAIT_REPLICAS": 0,
 }
 
-_BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     private_prefixes: tuple[str, ...] = ("user:",)
     compress: bool = False
+    redis_wait_replicas: int = 0
 
 
 def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> Settings:
@@ -140,7 +142,7 @@ def _strings(value: t.Any) -> tuple[str, ...]:
 
 _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_URL_PREFIX": (_url_prefix, "empty or a path starting with '/', such as '/sse'"),
-    "SSE_BROKER_URL": (_broker_url, "unset or a redis://, rediss:// or unix:// URL"),
+    "SSE_BROKER_URL": (_broker_url, "unset or a redis://, rediss://, unix:// or redis+sentinel:// URL"),
     "SSE_HEARTBEAT": (_number(0, integer=False, above=True), "a number of seconds greater than 0"),
     "SSE_RETRY_MS": (_number(0, integer=True), "a whole number of milliseconds, 0 or more"),
     "SSE_HISTORY": (_number(0, integer=True), "a whole number of events, 0 or more"),
@@ -153,4 +155,5 @@ _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
     "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
     "SSE_COMPRESS": (_flag, "true or false (1/0, yes/no, on/off)"),
+    "SSE_REDIS_WAIT_REPLICAS": (_number(0, integer=True), "a whole number of replicas, 0 (do not wait) or more"),
 }

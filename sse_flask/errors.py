@@ -9,6 +9,7 @@
     │   └── DataTooLarge       data over SSE_MAX_DATA_BYTES: HTTP 413
     ├── InvalidToken           a subscribe token forged, malformed or expired: HTTP 403
     └── BrokerUnavailable      the broker (Redis) cannot be reached: HTTP 503
+        └── NotReplicated      written, but fewer replicas confirmed it than SSE_REDIS_WAIT_REPLICAS
 
 Event types and ids with CR, LF or NUL raise a plain :class:`ValueError` from
 :mod:`sse_flask.events`, which has no dependency on this module.
@@ -23,6 +24,7 @@ __all__ = [
     "InvalidChannel",
     "InvalidInput",
     "InvalidToken",
+    "NotReplicated",
     "SSEError",
 ]
 
@@ -53,3 +55,8 @@ class InvalidToken(SSEError):
 
 class BrokerUnavailable(SSEError):
     """The broker cannot be reached, so nothing was published or replayed."""
+
+
+class NotReplicated(BrokerUnavailable):
+    """Redis took the event but fewer replicas than ``SSE_REDIS_WAIT_REPLICAS`` confirmed it
+    in time: it may have been delivered, and may be lost if the primary fails over."""

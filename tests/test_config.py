@@ -32,12 +32,13 @@ CONTRACT_DEFAULTS = {
     "cors_origins": (),
     "private_prefixes": ("user:",),
     "compress": False,
+    "redis_wait_replicas": 0,
 }
 
 #: What each key must be, in the words of its error message.
 ALLOWED = {
     "SSE_URL_PREFIX": "empty or a path starting with '/', such as '/sse'",
-    "SSE_BROKER_URL": "unset or a redis://, rediss:// or unix:// URL",
+    "SSE_BROKER_URL": "unset or a redis://, rediss://, unix:// or redis+sentinel:// URL",
     "SSE_HEARTBEAT": "a number of seconds greater than 0",
     "SSE_RETRY_MS": "a whole number of milliseconds, 0 or more",
     "SSE_HISTORY": "a whole number of events, 0 or more",
@@ -50,6 +51,7 @@ ALLOWED = {
     "SSE_CORS_ORIGINS": "unset, a comma-separated string of origins, or a list of them",
     "SSE_PRIVATE_PREFIXES": "a comma-separated string of channel prefixes, or a list of them",
     "SSE_COMPRESS": "true or false (1/0, yes/no, on/off)",
+    "SSE_REDIS_WAIT_REPLICAS": "a whole number of replicas, 0 (do not wait) or more",
 }
 
 

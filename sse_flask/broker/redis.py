@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import os
+import functools
 import re
 import secrets
 import threading
 import time
 import typing as t
 
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, ConfigError, NotReplicated
 from ..events import Event, encode_event, prefix_id
 from ..metrics import metrics
 from .fanout import Fanout, Subscription
@@ -51,6 +52,10 @@ LAST_KEY = "sse_flask:last"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
 _POOL_SIZE = 8
+#: Milliseconds a publish waits for ``SSE_REDIS_WAIT_REPLICAS`` replicas to confirm it.
+_WAIT_MS = 1000
+SENTINEL_SCHEME = "redis+sentinel://"
+_SENTINEL_PORT = 26379
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2**64 - 1  # both parts of a stream id are unsigned 64-bit
 
@@ -85,13 +90,20 @@ _Entry = tuple[bytes, dict[bytes, bytes]]
 class RedisBroker:
     """Publish through Redis and fan out to this process's streams.
 
-    :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+    :param url: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, as redis-py reads
+        them; or ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``,
+        which asks those Sentinels for the primary of ``service`` and follows it when it
+        fails over (the password is the primary's; a port defaults to 26379).
     :param history: events to retain for ``Last-Event-ID`` resume.
+    :param wait_replicas: with more than 0, a publish returns only once that many replicas
+        have the event (``WAIT``), so that it survives a failover; else it raises
+        :class:`~sse_flask.errors.NotReplicated` after a second.
+    :raises ConfigError: if a ``redis+sentinel://`` URL does not have that shape.
     """
 
     name = "redis"
 
-    def __init__(self, url: str, *, history: int) -> None:
+    def __init__(self, url: str, *, history: int, wait_replicas: int = 0) -> None:
         try:
             import redis
         except ImportError:
@@ -103,10 +115,8 @@ class RedisBroker:
         self._cursor: Position | None = None
         self._reader_pid: int | None = None
         self._closing = False
-        self._pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=_POOL_SIZE, timeout=5, socket_connect_timeout=2, socket_timeout=5
-        )
-        self._redis = redis.Redis(connection_pool=self._pool)
+        self._wait_replicas = wait_replicas
+        self._redis = _client(url, pool_size=_POOL_SIZE, socket_connect_timeout=2, socket_timeout=5)
         self._publish = self._redis.register_script(_PUBLISH)
         self._reader: _redis.Redis | None = None
         try:
@@ -121,15 +131,28 @@ class RedisBroker:
         """Append ``frame`` to the stream; every worker's reader delivers it."""
         import redis
 
+        keys = [STREAM_KEY, EPOCH_KEY, LAST_KEY]
+        args: list[str | int | bytes] = [self._maxlen, channel, secrets.token_hex(4), frame]
         try:
-            epoch, stream_id = self._publish(
-                keys=[STREAM_KEY, EPOCH_KEY, LAST_KEY],
-                args=[self._maxlen, channel, secrets.token_hex(4), frame],
-            )
+            if not self._wait_replicas:
+                epoch, stream_id = self._publish(keys=keys, args=args)
+            else:
+                # WAIT counts the writes of its own connection: one pipeline, one connection.
+                with self._redis.pipeline(transaction=False) as pipe:
+                    self._publish(keys=keys, args=args, client=pipe)
+                    pipe.wait(self._wait_replicas, _WAIT_MS)
+                    (epoch, stream_id), replicas = pipe.execute()
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
         self.published += 1
-        return f"{epoch.decode()}-{stream_id.decode()}"
+        event_id = f"{epoch.decode()}-{stream_id.decode()}"
+        if self._wait_replicas and replicas < self._wait_replicas:
+            raise NotReplicated(
+                f"event {event_id} was written to Redis at {self._safe_url()}, but only {replicas} of"
+                f" {self._wait_replicas} replicas (SSE_REDIS_WAIT_REPLICAS) confirmed it within"
+                f" {_WAIT_MS} ms: it may have been delivered, and may be lost if Redis fails over"
+            )
+        return event_id
 
     def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
         """Subscribe, replaying from Redis what followed ``last_event_id``.
@@ -183,7 +206,7 @@ class RedisBroker:
         """End every subscription; the reader stops within one ``XREAD`` block."""
         self._closing = True
         self._fanout.close_all()
-        self._pool.disconnect()
+        self._redis.connection_pool.disconnect()
 
     def _history_after(self, last_event_id: str) -> tuple[bytes | None, list[_Entry], Position]:
         """A ``missed`` frame if ``last_event_id`` is unknown or trimmed away (``None`` if
@@ -256,7 +279,7 @@ class RedisBroker:
 
         # A client of its own, used by the reader alone: one connection, made on first use
         # (so that starting while Redis is down does not fail).
-        self._reader = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5)
+        self._reader = _client(self.url, pool_size=None, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5)
         try:
             self._cursor = self._last_generated()
         except redis.RedisError:
@@ -274,6 +297,12 @@ class RedisBroker:
             try:
                 if self._cursor is None:
                     self._cursor = self._last_generated()
+                elif backoff != 0.05:
+                    # Back after an outage, the stream may end before the last entry read: a
+                    # Redis restarted without persistence, or a new primary that never had
+                    # the newest entries. Follow on from its end, or its new entries, which
+                    # may have lower ids than what was read, would never be read.
+                    self._cursor = min(self._cursor, self._last_generated())
                 response = self._reader.xread({STREAM_KEY: _format(self._cursor)}, count=500, block=_BLOCK_MS)
             except redis.RedisError as e:
                 if self._closing:
@@ -308,7 +337,67 @@ class RedisBroker:
 
     def _safe_url(self) -> str:
         """The URL without its password, for messages."""
-        return re.sub(r"//[^@/]*@", "//***@", self.url)
+        return _mask(self.url)
+
+
+def _client(url: str, *, pool_size: int | None, **options: t.Any) -> _redis.Redis:
+    """A client of the Redis that ``url`` names: through a blocking pool of ``pool_size``
+    connections, or with ``None``, one connection of its own (the reader's). Behind
+    Sentinel, each new connection asks the Sentinels where the primary is now."""
+    import redis
+
+    if not url.startswith(SENTINEL_SCHEME):
+        if pool_size is None:
+            return redis.Redis.from_url(url, **options)
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=5, **options)
+        return redis.Redis(connection_pool=pool)
+    from redis.sentinel import Sentinel
+
+    sentinels, service, primary = _sentinel_address(url)
+    timeouts = {"socket_connect_timeout": options["socket_connect_timeout"], "socket_timeout": 2}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    if pool_size is not None:
+        options.update(connection_pool_class=_blocking_sentinel_pool(), max_connections=pool_size, timeout=5)
+    return t.cast("_redis.Redis", sentinel.master_for(service, **primary, **options))  # type: ignore[no-untyped-call]
+
+
+def _sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, dict[str, t.Any]]:
+    """The Sentinels, the service, and the primary's ``db``, ``username`` and ``password``,
+    of a ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`` URL.
+
+    :raises ConfigError: if ``url`` does not have that shape.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    userinfo, _, rest = url.removeprefix(SENTINEL_SCHEME).rpartition("@")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    try:
+        addresses = [urlsplit(f"//{host}") for host in hosts.split(",")]
+        sentinels = [(address.hostname or "", address.port or _SENTINEL_PORT) for address in addresses]
+    except ValueError:
+        sentinels = []
+    if not sentinels or not all(host for host, _ in sentinels) or not service or not db.isdigit() and db:
+        shape = f"{SENTINEL_SCHEME}[[user]:password@]host[:port][,host[:port]...]/service_name[/db]"
+        raise ConfigError(f"SSE_BROKER_URL must be {shape}, got {_mask(url)!r}")
+    username, _, password = userinfo.partition(":")
+    primary = {"db": int(db or 0), "username": unquote(username) or None, "password": unquote(password) or None}
+    return sentinels, unquote(service), primary
+
+
+@functools.cache
+def _blocking_sentinel_pool() -> type:
+    """redis-py's Sentinel pool, made blocking as the plain one is: a publish beyond the pool
+    size waits for a connection rather than failing."""
+    import redis
+    from redis.sentinel import SentinelConnectionPool
+
+    return type("BlockingSentinelConnectionPool", (SentinelConnectionPool, redis.BlockingConnectionPool), {})
+
+
+def _mask(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def _frame(stream_id: bytes, fields: dict[bytes, bytes]) -> bytes:
