@@ -49,6 +49,7 @@ log = logging.getLogger("sse_flask")
 STREAM_KEY = "sse_flask:events"
 EPOCH_KEY = "sse_flask:epoch"
 LAST_KEY = "sse_flask:last"
+REPLICATION_KEY = "sse_flask:replid"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
 _POOL_SIZE = 8
@@ -59,27 +60,54 @@ _SENTINEL_PORT = 26379
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_PART = 2**64 - 1  # both parts of a stream id are unsigned 64-bit
 
-# Get or create the epoch, and append, in one step: no publish can slip between a Redis
+# The epoch, made afresh (from ARGV[1]) when Redis has none, or when Redis is not the one
+# that wrote it: its replication id differs from the one stored beside it, as after a
+# restart or a failover to a replica, either of which may have lost entries it had
+# acknowledged (a primary's last writes, not yet replicated nor on disk). Every id from
+# before is then unknown, and a resume from it is told ``missed``: Redis cannot vouch for
+# what followed. KEYS[2]: the epoch; KEYS[4]: the replication id that wrote it.
+_EPOCH = """
+local replication = redis.call('INFO', 'replication')
+local replid = string.match(replication, 'master_replid:(%x+)') or ''
+local epoch = redis.call('GET', KEYS[2])
+if not epoch or redis.call('GET', KEYS[4]) ~= replid then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[2], epoch)
+  redis.call('SET', KEYS[4], replid)
+end
+"""
+
+# Get or make the epoch, and append, in one step: no publish can slip between a Redis
 # restart and the new epoch. Each entry also records ``p``, the id generated just before it
 # (kept in LAST_KEY, replicated with the entry), so that a resume can tell an id this stream
 # really issued, with nothing after it gone, from one it never held. A stream that exists
 # without LAST_KEY (written by an older version) gets an empty ``p``: a resume from just
 # before that entry is then held only within its millisecond (see ``_predecessor``), else
 # answered with ``missed``, the safe side.
-_PUBLISH = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[2], epoch)
-end
+_PUBLISH = _EPOCH + """
 local previous = redis.call('GET', KEYS[3])
 if not previous then
   previous = redis.call('EXISTS', KEYS[1]) == 1 and '' or '0-0'
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-  'c', ARGV[2], 'e', epoch, 'p', previous, 'f', ARGV[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
+  'c', ARGV[3], 'e', epoch, 'p', previous, 'f', ARGV[4])
 redis.call('SET', KEYS[3], id)
 return {epoch, id}
+"""
+
+# One snapshot for a resume from ARGV[2] (a stream id, or '' for none): the epoch, the last
+# id generated, the greatest id deleted, and the entries from ARGV[2] on.
+_HISTORY = _EPOCH + """
+local last, deleted, entries = '0-0', '0-0', {}
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+    if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  end
+  if ARGV[2] ~= '' then entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+') end
+end
+return {epoch, last, deleted, entries}
 """
 
 Position = tuple[int, int]
@@ -118,6 +146,7 @@ class RedisBroker:
         self._wait_replicas = wait_replicas
         self._redis = _client(url, pool_size=_POOL_SIZE, socket_connect_timeout=2, socket_timeout=5)
         self._publish = self._redis.register_script(_PUBLISH)
+        self._history = self._redis.register_script(_HISTORY)
         self._reader: _redis.Redis | None = None
         try:
             self.ping()
@@ -131,8 +160,8 @@ class RedisBroker:
         """Append ``frame`` to the stream; every worker's reader delivers it."""
         import redis
 
-        keys = [STREAM_KEY, EPOCH_KEY, LAST_KEY]
-        args: list[str | int | bytes] = [self._maxlen, channel, secrets.token_hex(4), frame]
+        keys = [STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY]
+        args: list[str | int | bytes] = [secrets.token_hex(4), self._maxlen, channel, frame]
         try:
             if not self._wait_replicas:
                 epoch, stream_id = self._publish(keys=keys, args=args)
@@ -223,26 +252,18 @@ class RedisBroker:
 
         epoch, _, stream_id = last_event_id.partition("-")
         after = _parse(stream_id)
-        candidate = secrets.token_hex(4)
         try:
-            # One atomic snapshot: the epoch (created if Redis has none yet, so that the
-            # missed frame's id has one), what has been deleted, and what followed the id.
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(EPOCH_KEY, candidate, nx=True, get=True)
-                pipe.xinfo_stream(STREAM_KEY)
-                if after is not None:
-                    pipe.xrange(STREAM_KEY, _format(after), "+")
-                answers = pipe.execute(raise_on_error=False)
+            answer = self._history(
+                keys=[STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY],
+                args=[secrets.token_hex(4), _format(after) if after else ""],
+            )
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
-        current_epoch = answers[0].decode() if answers[0] else candidate
-        info = answers[1] if not isinstance(answers[1], Exception) else {}
-        deleted = _parse(_text(info.get("max-deleted-entry-id", b"0-0"))) or (0, 0)
-        last = _parse(_text(info.get("last-generated-id", b"0-0"))) or (0, 0)
+        current_epoch = answer[0].decode()
+        last = _parse(answer[1].decode()) or (0, 0)
+        deleted = _parse(answer[2].decode()) or (0, 0)
         if epoch == current_epoch and after is not None and deleted <= after:
-            if isinstance(answers[2], Exception):
-                raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {answers[2]}")
-            held = list(answers[2])
+            held = [(entry_id, dict(zip(fields[::2], fields[1::2]))) for entry_id, fields in answer[3]]
             if held and _parse(held[0][0].decode()) == after:
                 return None, held[1:], last
             if held and _predecessor(held[0]) == after or not held and after == last:
