@@ -61,7 +61,11 @@ class SSE:
         ``SSE_BROKER_URL``, ``SSE_HEARTBEAT``, ``SSE_RETRY_MS``, ``SSE_HISTORY``,
         ``SSE_QUEUE_SIZE``, ``SSE_MAX_DATA_BYTES``, ``SSE_MAX_CONNECTIONS``,
         ``SSE_MAX_STREAMS_PER_ADDRESS``, ``SSE_MAX_STREAM_SECONDS``, ``SSE_PUBLISH_TOKEN``,
-        ``SSE_CORS_ORIGINS`` and ``SSE_PRIVATE_PREFIXES``.
+        ``SSE_CORS_ORIGINS`` and ``SSE_PRIVATE_PREFIXES``; with Redis also
+        ``SSE_REDIS_WAIT_REPLICAS`` (a publish returns once that many replicas have it).
+        ``SSE_BROKER_URL`` may be ``redis://``, ``rediss://`` (TLS), ``unix://``, or
+        ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]``
+        to follow the primary that those Sentinels name through a failover.
 
         :raises ConfigError: if a setting has a value that is not allowed.
         :raises RuntimeError: if ``app`` already has an SSE extension.

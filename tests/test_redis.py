@@ -30,6 +30,8 @@ from sse_flask.broker.redis import STREAM_KEY, RedisBroker
 from sse_flask.events import Event, encode_event
 
 from conftest import RawStream, RedisServer, Server, StreamClient, free_port, need, wait_until
+from helpers.proxy import Proxy
+from helpers.retry import say_until_answered
 
 pytestmark = pytest.mark.redis
 
@@ -471,3 +473,27 @@ def test_server_starts_before_redis_warns_then_logs_the_recovery_at_info(
     assert "[WARNING] reconnected" not in server.log()
     server.say("after")
     assert [e.data for e in client.take(1)] == ["after"]
+
+
+def test_a_redis_that_goes_silent_without_closing_is_given_up_and_replaced(
+    serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]
+) -> None:
+    """Every connection to Redis goes dead without closing (a dropped NAT entry): the reader
+    gives up within its 6 s socket timeout and reconnects, a publish on a dead connection
+    answers 503 within 5 s and the next one goes through, and the open stream gets it."""
+    proxy = Proxy(redis_server.port)
+    try:
+        server = serve(broker=f"redis://127.0.0.1:{proxy.port}/0", env={"SSE_HEARTBEAT": "0.3"})
+        client = stream(server.url)
+        server.say("before")
+        assert [e.data for e in client.take(1)] == ["before"]
+        assert proxy.blackhole() >= 2, "the reader and a publishing connection"
+        silenced = time.monotonic()
+        during = say_until_answered(server, "during")
+        [event] = client.take(1)
+        assert (event.data, event.id) == ("during", during)
+        elapsed = time.monotonic() - silenced
+        assert elapsed < 6 + 5, f"the dead connections were given up after {elapsed:.1f} s"
+        assert re.search(r"\[WARNING\] lost Redis at .*(Timeout|timed out)", server.log())
+    finally:
+        proxy.close()

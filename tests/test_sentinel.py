@@ -15,6 +15,7 @@ import pytest
 
 from conftest import RedisServer, Server, StreamClient, free_port, need, wait_until
 from helpers.proxy import Proxy
+from helpers.retry import say_until_answered
 
 pytestmark = pytest.mark.redis
 
@@ -101,17 +102,6 @@ def sentinels(tmp_path: Path) -> t.Iterator[Sentinels]:
     group = Sentinels(tmp_path)
     yield group
     group.stop()
-
-
-def say_until_answered(server: Server, data: str) -> str:
-    """Publish over /say, retrying while it answers 503 (Redis failing over)."""
-
-    def attempt() -> str | None:
-        response = server.post("/say", json={"data": data})
-        assert response.status_code in (200, 503), response.text
-        return str(response.json()["id"]) if response.status_code == 200 else None
-
-    return t.cast(str, wait_until(attempt, 30, f"/say {data!r} to be answered"))
 
 
 def test_failover_mid_stream_follows_the_new_primary_and_announces_what_it_lost(
