@@ -17,6 +17,10 @@ What happens, per broker:
 - ``redis``: ``--workers`` gevent workers (4) sharing one Redis; at 30 % one worker is
   SIGKILLed, at 60 % redis-server is killed and started again, empty, ``--outage`` seconds later;
   during the outage another worker is SIGKILLed, so that its replacement starts without Redis.
+- ``sentinel`` (only when asked for): ``--workers`` workers on a primary and a replica behind
+  three Sentinels, with ``SSE_REDIS_WAIT_REPLICAS=1``; at 40 % the primary is SIGKILLed, the
+  Sentinels promote the replica, and the old primary comes back empty as its replica (until
+  then publishes answer 503: no replica confirms them).
 
 The clients (``--clients``, spread over a few processes, raw sockets and a selector) each listen
 to one or two of four channels. Each drops its connection at random (every ``--drop-every``
@@ -95,21 +99,29 @@ class Timeout(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-def start_server(kind: str, options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack, name: str) -> tuple[procs.Gunicorn, procs.Redis | None]:
+def start_server(kind: str, options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack, name: str) -> tuple[procs.Gunicorn, procs.Redis | procs.Sentinels | None]:
     """``sse-flask serve`` with the ``kind`` of broker: one worker with the in-process broker,
-    ``--workers`` sharing a fresh ``redis-server`` with Redis; ``cleanup`` stops them."""
-    redis = None
+    ``--workers`` sharing a fresh ``redis-server`` with Redis, or a primary and a replica behind
+    three Sentinels with ``sentinel`` (each publish waiting for the replica:
+    ``SSE_REDIS_WAIT_REPLICAS=1``); ``cleanup`` stops them."""
+    redis: procs.Redis | procs.Sentinels | None = None
+    if kind != "memory" and not shutil.which("redis-server"):
+        raise SystemExit("redis-server is not installed (apt-get install redis-server); use --broker memory")
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
     if kind == "redis":
-        if not shutil.which("redis-server"):
-            raise SystemExit("redis-server is not installed (apt-get install redis-server); use --broker memory")
         redis = procs.Redis(workdir / f"redis-{name}.log")
         redis.start()
         cleanup.callback(redis.stop)
+    elif kind == "sentinel":
+        directory = workdir / f"sentinel-{name}"
+        directory.mkdir(exist_ok=True)
+        redis = procs.Sentinels(directory)
+        cleanup.callback(redis.stop)
+        environ["SSE_REDIS_WAIT_REPLICAS"] = "1"
     workers = 1 if kind == "memory" else options.workers
     argv = [sys.executable, "-m", "sse_flask", "serve", "--bind", "127.0.0.1:0", "--workers", str(workers)]
     if redis is not None:
         argv += ["--broker", redis.url]
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
     server = procs.Gunicorn(
         "sse-flask", argv, workers=workers, log=workdir / f"gunicorn-{name}.log", env={**environ, "PYTHONUNBUFFERED": "1"}, cwd=REPO
     )
@@ -624,9 +636,9 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
         publisher.start()
         cleanup.callback(publisher.stop)
         run_started = time.monotonic()
-        schedule = (
-            [(0.4, "reload")] if kind == "memory" else [(0.3, "kill"), (0.6, "redis-stop")]
-        )
+        schedule = {
+            "memory": [(0.4, "reload")], "redis": [(0.3, "kill"), (0.6, "redis-stop")], "sentinel": [(0.4, "failover")],
+        }[kind]
         for fraction, fault in schedule:
             until(run_started + fraction * options.seconds, "the next fault")
             if fault == "reload":
@@ -635,8 +647,16 @@ def run_broker(kind: str, options: argparse.Namespace, workdir: Path, deadline: 
             elif fault == "kill":
                 victim = server.kill_worker()
                 faults.append(f"worker {victim} SIGKILLed at {time.monotonic() - run_started:.1f} s")
+            elif fault == "failover":
+                assert isinstance(redis, procs.Sentinels)
+                at = time.monotonic() - run_started
+                redis.fail_over()
+                faults.append(
+                    f"primary SIGKILLed at {at:.1f} s; the Sentinels promoted the replica, and the old primary, "
+                    f"started again empty, replicated it {time.monotonic() - run_started - at:.1f} s later"
+                )
             elif fault == "redis-stop":
-                assert redis is not None
+                assert isinstance(redis, procs.Redis)
                 at = time.monotonic() - run_started
                 redis.kill()
                 # A worker that starts while Redis is away (a crash, a max-requests restart)
@@ -869,7 +889,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=60, help="length of the run proper, per broker; 0 skips it (soak only)")
     parser.add_argument("--rate", type=float, default=50, help="events published per second")
-    parser.add_argument("--broker", choices=["memory", "redis", "both"], default="both")
+    parser.add_argument("--broker", choices=["memory", "redis", "both", "sentinel"], default="both",
+                        help="both: memory and redis; sentinel: a Sentinel failover, run alone")
     parser.add_argument("--workers", type=int, default=4, help="gevent workers for the Redis run")
     parser.add_argument("--drop-every", type=float, default=10, help="mean seconds between a client's drops")
     parser.add_argument("--away", type=float, default=1.5, help="longest a dropped client stays away")

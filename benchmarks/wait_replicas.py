@@ -5,8 +5,8 @@ the Redis broker with and without ``WAIT`` for one replica.
     python benchmarks/wait_replicas.py --count 20000 --json
 
 A run-by-hand benchmark, not a test (tests/test_sentinel.py checks the behaviour). It starts a
-``redis-server`` primary and a replica of it on free ports of 127.0.0.1, publishes from one
-thread (each publish waits for its answer, as ``/say`` does), and stops both at the end.
+``redis-server`` primary and a replica of it on free ports of 127.0.0.1 (and the Sentinels
+that watch them), publishes to the primary from one thread (each publish waits for its answer, as ``/say`` does), and stops both at the end.
 """
 
 from __future__ import annotations
@@ -60,18 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
-        primary = procs.Redis(Path(workdir) / "primary.log")
         try:
-            primary.start()
-            replica_port = procs.free_port()
-            procs.start("replica", ["redis-server", "--port", str(replica_port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "no", "--dir", workdir, "--replicaof", "127.0.0.1",
-                                    str(primary.port)], cpu=None, log=Path(workdir) / "replica.log")  # fmt: skip
-            import redis
-
-            replica = redis.Redis(port=replica_port)
-            procs.wait_for(lambda: _linked(replica), 15, "the replica to sync")
-            results = [measure(primary.url, wait, options.count) for wait in (0, 1)]
+            group = procs.Sentinels(Path(workdir))
+            results = [measure(group.primary.url, wait, options.count) for wait in (0, 1)]
         finally:
             procs.stop_all()
     if options.json:
@@ -81,13 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         for row in results:
             print(f"| {row['wait_replicas']} | {row['publishes_per_second']:,} | {row['p50_ms']} ms | {row['p99_ms']} ms |")
     return 0
-
-
-def _linked(replica: t.Any) -> bool:
-    try:
-        return bool(replica.info("replication")["master_link_status"] == "up")
-    except Exception:
-        return False
 
 
 if __name__ == "__main__":

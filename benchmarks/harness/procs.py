@@ -11,6 +11,7 @@ SIGTERM, so that no server outlives a run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -29,6 +30,7 @@ __all__ = [
     "Gunicorn",
     "Proc",
     "Redis",
+    "Sentinels",
     "alive",
     "core_busy_seconds",
     "cpu_seconds",
@@ -287,9 +289,11 @@ class Redis:
     """``redis-server`` on a port of 127.0.0.1 chosen once, keeping nothing on disk: a restart
     (``kill``, then ``start``) comes back empty, on the same port, at the same ``url``."""
 
-    def __init__(self, log: Path, *, cpu: int | None = None) -> None:
+    def __init__(self, log: Path, *, cpu: int | None = None, args: t.Sequence[str] = ()) -> None:
         self.log = log
         self.cpu = cpu
+        #: More options for redis-server (``--replicaof HOST PORT`` for a replica).
+        self.args = list(args)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: Proc | None = None
@@ -301,7 +305,8 @@ class Redis:
             with the end of its log.
         """
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.log.parent), "--maxclients", "19000", "--loglevel", "warning", "--daemonize", "no"]  # fmt: skip
+                "--dir", str(self.log.parent), "--maxclients", "19000", "--loglevel", "warning", "--daemonize", "no",
+                *self.args]  # fmt: skip
         proc = self.proc = start("redis", argv, cpu=self.cpu, log=self.log)
 
         def pong() -> bool:
@@ -329,6 +334,79 @@ class Redis:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+
+class Sentinels:
+    """A Redis primary, a replica of it, and three Sentinels watching them (quorum 2) that fail
+    over quickly (the primary is down after 300 ms), on free ports of 127.0.0.1; ``url`` is the
+    ``redis+sentinel://`` URL of the service."""
+
+    service = "primary"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.primary = Redis(directory / "primary.log")
+        self.primary.start()
+        self.replica = Redis(directory / "replica.log", args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        self.replica.start()
+        wait_for(lambda: self._info(self.replica.port, "master_link_status") == "up", 20, "the replica to sync")
+        self.ports = [free_port() for _ in range(3)]
+        self.sentinels = []
+        for port in self.ports:
+            config = directory / f"sentinel-{port}.conf"  # Sentinel rewrites its own
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 300\n"
+                f"sentinel failover-timeout {self.service} 3000\n"
+            )
+            argv = ["redis-server", str(config), "--sentinel"]
+            self.sentinels.append(start("sentinel", argv, cpu=None, log=directory / f"sentinel-{port}.log"))
+        self.url = f"redis+sentinel://{','.join(f'127.0.0.1:{port}' for port in self.ports)}/{self.service}"
+        wait_for(self._watching, 20, "the Sentinels to know the replica and each other")
+
+    def fail_over(self) -> None:
+        """SIGKILL the primary; once the Sentinels name the replica as the primary, start the
+        old one again, empty, as a replica of the new (as Sentinel would reconfigure it, only
+        sooner); return once it replicates."""
+        self.primary.kill()
+        wait_for(lambda: self._primary_port() == self.replica.port, 30, "the replica to be promoted")
+        self.primary.args = ["--replicaof", "127.0.0.1", str(self.replica.port)]
+        self.primary.start()
+        wait_for(lambda: self._info(self.primary.port, "master_link_status") == "up", 30, "the old primary to replicate")
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.stop()
+        self.replica.stop()
+        self.primary.stop()
+
+    def _primary_port(self) -> int | None:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            address = redis.Redis(port=self.ports[0]).sentinel_get_master_addr_by_name(self.service)
+            return int(address[1]) if address else None
+        return None
+
+    def _watching(self) -> bool:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            for port in self.ports:
+                sentinel = redis.Redis(port=port, decode_responses=True)
+                if not sentinel.sentinel_slaves(self.service) or len(sentinel.sentinel_sentinels(self.service)) < 2:
+                    return False
+            return True
+        return False
+
+    @staticmethod
+    def _info(port: int, field: str) -> t.Any:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            return redis.Redis(port=port).info("replication").get(field)
+        return None
 
 
 class Gunicorn:

@@ -65,14 +65,21 @@ _MAX_PART = 2**64 - 1  # both parts of a stream id are unsigned 64-bit
 # restart or a failover to a replica, either of which may have lost entries it had
 # acknowledged (a primary's last writes, not yet replicated nor on disk). Every id from
 # before is then unknown, and a resume from it is told ``missed``: Redis cannot vouch for
-# what followed. KEYS[2]: the epoch; KEYS[4]: the replication id that wrote it.
+# what followed. One exception, with ARGV[2] '1' (every publish waits for a replica): a
+# replica promoted in a failover (its previous replication id, master_replid2, is the
+# writer's) holds every acknowledged entry, and the epoch is kept.
+# KEYS[2]: the epoch; KEYS[4]: the replication id that wrote it.
 _EPOCH = """
 local replication = redis.call('INFO', 'replication')
 local replid = string.match(replication, 'master_replid:(%x+)') or ''
+local promoted_from = string.match(replication, 'master_replid2:(%x+)') or ''
 local epoch = redis.call('GET', KEYS[2])
-if not epoch or redis.call('GET', KEYS[4]) ~= replid then
+local writer = redis.call('GET', KEYS[4])
+if not epoch or writer ~= replid and not (ARGV[2] == '1' and writer == promoted_from) then
   epoch = ARGV[1]
   redis.call('SET', KEYS[2], epoch)
+end
+if writer ~= replid then
   redis.call('SET', KEYS[4], replid)
 end
 """
@@ -89,14 +96,14 @@ local previous = redis.call('GET', KEYS[3])
 if not previous then
   previous = redis.call('EXISTS', KEYS[1]) == 1 and '' or '0-0'
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*',
-  'c', ARGV[3], 'e', epoch, 'p', previous, 'f', ARGV[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+  'c', ARGV[4], 'e', epoch, 'p', previous, 'f', ARGV[5])
 redis.call('SET', KEYS[3], id)
 return {epoch, id}
 """
 
-# One snapshot for a resume from ARGV[2] (a stream id, or '' for none): the epoch, the last
-# id generated, the greatest id deleted, and the entries from ARGV[2] on.
+# One snapshot for a resume from ARGV[3] (a stream id, or '' for none): the epoch, the last
+# id generated, the greatest id deleted, and the entries from ARGV[3] on.
 _HISTORY = _EPOCH + """
 local last, deleted, entries = '0-0', '0-0', {}
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -105,7 +112,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     if info[i] == 'last-generated-id' then last = info[i + 1] end
     if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
   end
-  if ARGV[2] ~= '' then entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+') end
+  if ARGV[3] ~= '' then entries = redis.call('XRANGE', KEYS[1], ARGV[3], '+') end
 end
 return {epoch, last, deleted, entries}
 """
@@ -144,6 +151,8 @@ class RedisBroker:
         self._reader_pid: int | None = None
         self._closing = False
         self._wait_replicas = wait_replicas
+        #: For the epoch script: whether every publish of ours waits for a replica.
+        self._replicated = "1" if wait_replicas else "0"
         self._redis = _client(url, pool_size=_POOL_SIZE, socket_connect_timeout=2, socket_timeout=5)
         self._publish = self._redis.register_script(_PUBLISH)
         self._history = self._redis.register_script(_HISTORY)
@@ -161,7 +170,7 @@ class RedisBroker:
         import redis
 
         keys = [STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY]
-        args: list[str | int | bytes] = [secrets.token_hex(4), self._maxlen, channel, frame]
+        args: list[str | int | bytes] = [secrets.token_hex(4), self._replicated, self._maxlen, channel, frame]
         try:
             if not self._wait_replicas:
                 epoch, stream_id = self._publish(keys=keys, args=args)
@@ -255,7 +264,7 @@ class RedisBroker:
         try:
             answer = self._history(
                 keys=[STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY],
-                args=[secrets.token_hex(4), _format(after) if after else ""],
+                args=[secrets.token_hex(4), self._replicated, _format(after) if after else ""],
             )
         except redis.RedisError as e:
             raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
