@@ -6,10 +6,14 @@ Cost is per process, not per client: one reader connection follows the stream wi
 small bounded pool serves publishes and replays. (flask-sse opens a pub/sub connection per
 browser instead, and runs out of connections at scale.)
 
-Each entry holds its channel, its frame encoded once without an id, and the *epoch*: a
-token stored in Redis beside the stream and drawn afresh when Redis has lost it (a restart
-without persistence). Event ids are ``<epoch>-<stream id>``, so an id from a Redis that has
-since lost its data is recognised as unknown and answered with ``event: missed``.
+Each entry holds its channel, its frame encoded once without an id, the id written before
+it, and the *epoch*: a token stored in Redis beside the stream, drawn afresh when Redis has
+lost it or is not the Redis that wrote it (a restart, a failover: see ``_EPOCH``). Event ids
+are ``<epoch>-<stream id>``, so an id from a Redis that may since have lost data is
+recognised as unknown and answered with ``event: missed``.
+
+Behind Sentinel (``redis+sentinel://``), each new connection asks the Sentinels for the
+primary, so the pool and the reader follow a failover as they reconnect.
 
 Deliberate divergences:
 
