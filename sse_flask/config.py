@@ -142,7 +142,9 @@ def _strings(value: t.Any) -> tuple[str, ...]:
 
 _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_URL_PREFIX": (_url_prefix, "empty or a path starting with '/', such as '/sse'"),
-    "SSE_BROKER_URL": (_broker_url, "unset or a redis://, rediss://, unix:// or redis+sentinel:// URL"),
+    "SSE_BROKER_URL": (
+        _broker_url, "unset or a redis://, rediss://, unix:// or redis+sentinel:// URL"
+    ),
     "SSE_HEARTBEAT": (_number(0, integer=False, above=True), "a number of seconds greater than 0"),
     "SSE_RETRY_MS": (_number(0, integer=True), "a whole number of milliseconds, 0 or more"),
     "SSE_HISTORY": (_number(0, integer=True), "a whole number of events, 0 or more"),
@@ -155,5 +157,7 @@ _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
     "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
     "SSE_COMPRESS": (_flag, "true or false (1/0, yes/no, on/off)"),
-    "SSE_REDIS_WAIT_REPLICAS": (_number(0, integer=True), "a whole number of replicas, 0 (do not wait) or more"),
+    "SSE_REDIS_WAIT_REPLICAS": (
+        _number(0, integer=True), "a whole number of replicas, 0 (do not wait) or more"
+    ),
 }

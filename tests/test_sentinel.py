@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sse_flask.broker.redis import STREAM_KEY
+
 from conftest import RedisServer, Server, StreamClient, free_port, need, wait_until
 from helpers.proxy import Proxy
 from helpers.retry import say_until_answered
@@ -39,16 +41,18 @@ class Sentinels:
         self.proxy = Proxy(self.primary.port)
         self.replica = self._redis("replica", "--replicaof", "127.0.0.1", str(self.proxy.port))
         self.sentinel_ports = [free_port() for _ in range(3)]
-        wait_until(lambda: self.replica.client().info("replication")["master_link_status"] == "up", 20, "the replica")
+        wait_until(self._replica_linked, 20, "the replica to sync")
         self.sentinels = [self._sentinel(port) for port in self.sentinel_ports]
-        self.url = f"redis+sentinel://{','.join(f'127.0.0.1:{port}' for port in self.sentinel_ports)}/{SERVICE}"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{SERVICE}"
         wait_until(self._ready, 20, "the Sentinels to know the replica and each other")
 
     def primary_port(self) -> int:
         """The primary's port, as the first Sentinel says."""
         import redis
 
-        return int(redis.Redis(port=self.sentinel_ports[0]).sentinel_get_master_addr_by_name(SERVICE)[1])
+        sentinel = redis.Redis(port=self.sentinel_ports[0])
+        return int(sentinel.sentinel_get_master_addr_by_name(SERVICE)[1])
 
     def cut_replication(self) -> None:
         """The replica's link to the primary goes dead without closing."""
@@ -66,8 +70,8 @@ class Sentinels:
         directory.mkdir()
         server = RedisServer(directory)
         server.process = subprocess.Popen(
-            ["redis-server", "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(directory), *args],
+            ["redis-server", "--port", str(server.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory), *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_until(server._pong, 10, f"the {name} to answer PING")
@@ -85,13 +89,17 @@ class Sentinels:
         return subprocess.Popen(["redis-server", str(config), "--sentinel"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
+    def _replica_linked(self) -> bool:
+        return bool(self.replica.client().info("replication")["master_link_status"] == "up")
+
     def _ready(self) -> bool:
         import redis
 
         try:
             for port in self.sentinel_ports:
                 sentinel = redis.Redis(port=port, decode_responses=True)
-                if not sentinel.sentinel_slaves(SERVICE) or len(sentinel.sentinel_sentinels(SERVICE)) < 2:
+                others = sentinel.sentinel_sentinels(SERVICE)
+                if not sentinel.sentinel_slaves(SERVICE) or len(others) < 2:
                     return False
         except redis.RedisError:
             return False
@@ -116,14 +124,14 @@ def test_failover_mid_stream_follows_the_new_primary_and_announces_what_it_lost(
     client = stream(server.url)
     replicated = server.say("replicated")
     assert [e.data for e in client.take(1)] == ["replicated"]
-    wait_until(lambda: sentinels.replica.client().xlen("sse_flask:events") == 1, 10, "the replica to have it")
+    wait_until(lambda: sentinels.replica.client().xlen(STREAM_KEY) == 1, 10, "the replica")
     # The replica's link goes dead; the primary acknowledges three more, then dies.
     sentinels.cut_replication()
     lost = [server.say(f"lost {n}") for n in range(3)]
     assert [e.data for e in client.take(3)] == ["lost 0", "lost 1", "lost 2"]
     assert sentinels.primary.process is not None
     sentinels.primary.process.kill()
-    wait_until(lambda: sentinels.primary_port() == sentinels.replica.port, 30, "the replica to be promoted")
+    wait_until(lambda: sentinels.primary_port() == sentinels.replica.port, 30, "the promotion")
     after = [say_until_answered(server, f"after {n}") for n in range(3)]
     events = client.take(3)
     assert [(e.data, e.id) for e in events] == [(f"after {n}", after[n]) for n in range(3)]
@@ -139,13 +147,15 @@ def test_failover_mid_stream_follows_the_new_primary_and_announces_what_it_lost(
         assert (event.event, event.id) == ("message", following)
 
 
-def test_wait_replicas_returns_once_a_replica_has_the_event(serve: t.Callable[..., Server], sentinels: Sentinels) -> None:
+def test_wait_replicas_returns_once_a_replica_has_the_event(
+    serve: t.Callable[..., Server], sentinels: Sentinels
+) -> None:
     """With SSE_REDIS_WAIT_REPLICAS=1, a publish answers once the replica has it; with the
     replica stopped it answers 503 after a second, saying the event may be lost, not that
     nothing was sent."""
     server = serve(broker=sentinels.url, env={"SSE_REDIS_WAIT_REPLICAS": "1"})
     event_id = server.say("replicated")
-    entries = sentinels.replica.client().xrange("sse_flask:events")
+    entries = sentinels.replica.client().xrange(STREAM_KEY)
     assert [entry_id.decode() for entry_id, _ in entries] == [event_id.partition("-")[2]]
     sentinels.cut_replication()
     response = server.post("/say", json={"data": "unconfirmed"})
@@ -159,23 +169,26 @@ def tls_files(directory: Path) -> tuple[Path, Path]:
     need("openssl", shutil.which("openssl"))
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True, capture_output=True, timeout=60,
     )
     return cert, key
 
 
-def test_stream_and_publish_over_tls(serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient], tmp_path: Path) -> None:
+def test_stream_and_publish_over_tls(
+    serve: t.Callable[..., Server], stream: t.Callable[..., StreamClient], tmp_path: Path
+) -> None:
     """A redis-server that speaks only TLS, with a certificate made here: a rediss:// URL that
     trusts it serves a stream, a publish and a resume."""
     need("redis-server", shutil.which("redis-server"))
     cert, key = tls_files(tmp_path)
     port = free_port()
     process = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(tmp_path), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"],
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--tls-cert-file", str(cert),
+         "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -201,7 +214,8 @@ def test_a_bad_sentinel_url_fails_at_start_up() -> None:
 
     app = Flask("bad")
     app.config["SSE_BROKER_URL"] = "redis+sentinel://127.0.0.1:26379"
-    with pytest.raises(ConfigError, match=r"SSE_BROKER_URL must be redis\+sentinel://.*/service_name"):
+    must = r"SSE_BROKER_URL must be redis\+sentinel://.*/service_name"
+    with pytest.raises(ConfigError, match=must):
         SSE(app)
 
 

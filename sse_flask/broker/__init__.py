@@ -58,4 +58,6 @@ def make_broker(settings: Settings) -> Broker:
         return MemoryBroker(history=settings.history)
     from .redis import RedisBroker
 
-    return RedisBroker(settings.broker_url, history=settings.history, wait_replicas=settings.redis_wait_replicas)
+    return RedisBroker(
+        settings.broker_url, history=settings.history, wait_replicas=settings.redis_wait_replicas
+    )

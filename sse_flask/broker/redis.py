@@ -174,7 +174,9 @@ class RedisBroker:
         import redis
 
         keys = [STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY]
-        args: list[str | int | bytes] = [secrets.token_hex(4), self._replicated, self._maxlen, channel, frame]
+        args: list[str | int | bytes] = [
+            secrets.token_hex(4), self._replicated, self._maxlen, channel, frame
+        ]
         try:
             if not self._wait_replicas:
                 epoch, stream_id = self._publish(keys=keys, args=args)
@@ -190,9 +192,10 @@ class RedisBroker:
         event_id = f"{epoch.decode()}-{stream_id.decode()}"
         if self._wait_replicas and replicas < self._wait_replicas:
             raise NotReplicated(
-                f"event {event_id} was written to Redis at {self._safe_url()}, but only {replicas} of"
-                f" {self._wait_replicas} replicas (SSE_REDIS_WAIT_REPLICAS) confirmed it within"
-                f" {_WAIT_MS} ms: it may have been delivered, and may be lost if Redis fails over"
+                f"event {event_id} was written to Redis at {self._safe_url()}, but only"
+                f" {replicas} of {self._wait_replicas} replicas (SSE_REDIS_WAIT_REPLICAS)"
+                f" confirmed it within {_WAIT_MS} ms: it may have been delivered, and may be lost"
+                " if Redis fails over"
             )
         return event_id
 
@@ -276,7 +279,7 @@ class RedisBroker:
         last = _parse(answer[1].decode()) or (0, 0)
         deleted = _parse(answer[2].decode()) or (0, 0)
         if epoch == current_epoch and after is not None and deleted <= after:
-            held = [(entry_id, dict(zip(fields[::2], fields[1::2]))) for entry_id, fields in answer[3]]
+            held = [(entry, dict(zip(fields[::2], fields[1::2]))) for entry, fields in answer[3]]
             if held and _parse(held[0][0].decode()) == after:
                 return None, held[1:], last
             if held and _predecessor(held[0]) == after or not held and after == last:
@@ -313,7 +316,9 @@ class RedisBroker:
 
         # A client of its own, used by the reader alone: one connection, made on first use
         # (so that starting while Redis is down does not fail).
-        self._reader = _client(self.url, pool_size=None, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5)
+        self._reader = _client(
+            self.url, pool_size=None, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5
+        )
         try:
             self._cursor = self._last_generated()
         except redis.RedisError:
@@ -383,16 +388,23 @@ def _client(url: str, *, pool_size: int | None, **options: t.Any) -> _redis.Redi
     if not url.startswith(SENTINEL_SCHEME):
         if pool_size is None:
             return redis.Redis.from_url(url, **options)
-        pool = redis.BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=5, **options)
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=5, **options
+        )
         return redis.Redis(connection_pool=pool)
     from redis.sentinel import Sentinel
 
     sentinels, service, primary = _sentinel_address(url)
     timeouts = {"socket_connect_timeout": options["socket_connect_timeout"], "socket_timeout": 2}
-    sentinel = Sentinel(sentinels, sentinel_kwargs=timeouts, **timeouts)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs=timeouts, **timeouts
+    )
     if pool_size is not None:
-        options.update(connection_pool_class=_blocking_sentinel_pool(), max_connections=pool_size, timeout=5)
-    return t.cast("_redis.Redis", sentinel.master_for(service, **primary, **options))  # type: ignore[no-untyped-call]
+        options.update(
+            connection_pool_class=_blocking_sentinel_pool(), max_connections=pool_size, timeout=5
+        )
+    client = sentinel.master_for(service, **primary, **options)  # type: ignore[no-untyped-call]
+    return t.cast("_redis.Redis", client)
 
 
 def _sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, dict[str, t.Any]]:
@@ -408,14 +420,19 @@ def _sentinel_address(url: str) -> tuple[list[tuple[str, int]], str, dict[str, t
     service, _, db = path.partition("/")
     try:
         addresses = [urlsplit(f"//{host}") for host in hosts.split(",")]
-        sentinels = [(address.hostname or "", address.port or _SENTINEL_PORT) for address in addresses]
+        sentinels = [(each.hostname or "", each.port or _SENTINEL_PORT) for each in addresses]
     except ValueError:
         sentinels = []
-    if not sentinels or not all(host for host, _ in sentinels) or not service or not db.isdigit() and db:
+    bad_db = db != "" and not db.isdigit()
+    if not sentinels or not all(host for host, _ in sentinels) or not service or bad_db:
         shape = f"{SENTINEL_SCHEME}[[user]:password@]host[:port][,host[:port]...]/service_name[/db]"
         raise ConfigError(f"SSE_BROKER_URL must be {shape}, got {_mask(url)!r}")
     username, _, password = userinfo.partition(":")
-    primary = {"db": int(db or 0), "username": unquote(username) or None, "password": unquote(password) or None}
+    primary = {
+        "db": int(db or 0),
+        "username": unquote(username) or None,
+        "password": unquote(password) or None,
+    }
     return sentinels, unquote(service), primary
 
 
@@ -426,7 +443,8 @@ def _blocking_sentinel_pool() -> type:
     import redis
     from redis.sentinel import SentinelConnectionPool
 
-    return type("BlockingSentinelConnectionPool", (SentinelConnectionPool, redis.BlockingConnectionPool), {})
+    bases = (SentinelConnectionPool, redis.BlockingConnectionPool)
+    return type("BlockingSentinelConnectionPool", bases, {})
 
 
 def _mask(url: str) -> str:
