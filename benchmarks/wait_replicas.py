@@ -6,7 +6,8 @@ the Redis broker with and without ``WAIT`` for one replica.
 
 A run-by-hand benchmark, not a test (tests/test_sentinel.py checks the behaviour). It starts a
 ``redis-server`` primary and a replica of it on free ports of 127.0.0.1 (and the Sentinels
-that watch them), publishes to the primary from one thread (each publish waits for its answer, as ``/say`` does), and stops both at the end.
+that watch them), publishes to the primary from one thread (each publish waits for its
+answer, as ``/say`` does), and stops them all at the end.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("| SSE_REDIS_WAIT_REPLICAS | publishes/s | p50 | p99 |\n|---|---|---|---|")
         for row in results:
-            print(f"| {row['wait_replicas']} | {row['publishes_per_second']:,} | {row['p50_ms']} ms | {row['p99_ms']} ms |")
+            print(f"| {row['wait_replicas']} | {row['publishes_per_second']:,} | {row['p50_ms']} ms"
+                  f" | {row['p99_ms']} ms |")
     return 0
 
 

@@ -347,9 +347,10 @@ class Sentinels:
         self.directory = directory
         self.primary = Redis(directory / "primary.log")
         self.primary.start()
-        self.replica = Redis(directory / "replica.log", args=["--replicaof", "127.0.0.1", str(self.primary.port)])
+        replicaof = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica = Redis(directory / "replica.log", args=replicaof)
         self.replica.start()
-        wait_for(lambda: self._info(self.replica.port, "master_link_status") == "up", 20, "the replica to sync")
+        wait_for(lambda: self._linked(self.replica), 20, "the replica to sync")
         self.ports = [free_port() for _ in range(3)]
         self.sentinels = []
         for port in self.ports:
@@ -361,8 +362,10 @@ class Sentinels:
                 f"sentinel failover-timeout {self.service} 3000\n"
             )
             argv = ["redis-server", str(config), "--sentinel"]
-            self.sentinels.append(start("sentinel", argv, cpu=None, log=directory / f"sentinel-{port}.log"))
-        self.url = f"redis+sentinel://{','.join(f'127.0.0.1:{port}' for port in self.ports)}/{self.service}"
+            log = directory / f"sentinel-{port}.log"
+            self.sentinels.append(start("sentinel", argv, cpu=None, log=log))
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        self.url = f"redis+sentinel://{hosts}/{self.service}"
         wait_for(self._watching, 20, "the Sentinels to know the replica and each other")
 
     def fail_over(self) -> None:
@@ -370,10 +373,10 @@ class Sentinels:
         old one again, empty, as a replica of the new (as Sentinel would reconfigure it, only
         sooner); return once it replicates."""
         self.primary.kill()
-        wait_for(lambda: self._primary_port() == self.replica.port, 30, "the replica to be promoted")
+        wait_for(lambda: self._primary_port() == self.replica.port, 30, "the promotion")
         self.primary.args = ["--replicaof", "127.0.0.1", str(self.replica.port)]
         self.primary.start()
-        wait_for(lambda: self._info(self.primary.port, "master_link_status") == "up", 30, "the old primary to replicate")
+        wait_for(lambda: self._linked(self.primary), 30, "the old primary to replicate")
 
     def stop(self) -> None:
         for proc in self.sentinels:
@@ -395,18 +398,20 @@ class Sentinels:
         with contextlib.suppress(redis.RedisError):
             for port in self.ports:
                 sentinel = redis.Redis(port=port, decode_responses=True)
-                if not sentinel.sentinel_slaves(self.service) or len(sentinel.sentinel_sentinels(self.service)) < 2:
+                others = sentinel.sentinel_sentinels(self.service)
+                if not sentinel.sentinel_slaves(self.service) or len(others) < 2:
                     return False
             return True
         return False
 
     @staticmethod
-    def _info(port: int, field: str) -> t.Any:
+    def _linked(server: Redis) -> bool:
+        """Whether ``server`` replicates its primary."""
         import redis
 
         with contextlib.suppress(redis.RedisError):
-            return redis.Redis(port=port).info("replication").get(field)
-        return None
+            return bool(redis.Redis(port=server.port).info("replication").get("master_link_status") == "up")
+        return False
 
 
 class Gunicorn:
