@@ -5,6 +5,7 @@ connections, and faults (Redis restarted, a worker SIGKILLed)."""
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sse_flask.broker.redis import STREAM_KEY, RedisBroker
+from sse_flask.errors import BrokerUnavailable
 from sse_flask.events import Event, encode_event
 
 from conftest import RawStream, RedisServer, Server, StreamClient, free_port, need, wait_until
@@ -497,3 +499,28 @@ def test_a_redis_that_goes_silent_without_closing_is_given_up_and_replaced(
         assert re.search(r"\[WARNING\] lost Redis at .*(Timeout|timed out)", server.log())
     finally:
         proxy.close()
+
+
+def test_reader_follows_a_stream_that_restarts_below_what_it_read(redis_server: RedisServer) -> None:
+    """The reader read an entry far ahead (a primary whose clock ran ahead); Redis then
+    restarts empty and new entries get lower ids. The reader follows on from the new
+    stream's end instead of waiting for ids beyond what it read: the subscription gets them."""
+    broker = RedisBroker(redis_server.url, history=100)
+    try:
+        subscription = broker.subscribe(["a"], None, queue_size=10)
+        ahead = encode_event(Event(data="from a clock ahead"))
+        redis_server.client().xadd(STREAM_KEY, {"c": "a", "e": "ahead", "f": ahead}, id="99999999999999-0")
+        wait_until(lambda: b"from a clock ahead" in subscription.wait(0.2), 10, "the entry far ahead")
+        redis_server.stop()
+        redis_server.start()
+
+        def publish() -> str | None:
+            with contextlib.suppress(BrokerUnavailable):
+                return broker.publish("a", encode_event(Event(data="after the restart")))
+            return None
+
+        event_id = wait_until(publish, 10, "a publish after the restart")
+        received = wait_until(lambda: subscription.wait(0.2), 15, "the entry after the restart")
+        assert f"id: {event_id}\n".encode() in received and b"after the restart" in received
+    finally:
+        broker.close()

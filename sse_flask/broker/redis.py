@@ -29,9 +29,10 @@ Deliberate divergences:
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import os
-import functools
 import re
 import secrets
 import threading
@@ -56,6 +57,9 @@ LAST_KEY = "sse_flask:last"
 REPLICATION_KEY = "sse_flask:replid"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
+#: Deliveries the reader remembers (and entries it looks through) to go on after a stream
+#: that went back.
+_REMEMBERED = 500
 _POOL_SIZE = 8
 #: Milliseconds a publish waits for ``SSE_REDIS_WAIT_REPLICAS`` replicas to confirm it.
 _WAIT_MS = 1000
@@ -152,6 +156,8 @@ class RedisBroker:
         self._maxlen = max(history, _MIN_RETAINED)
         self._fanout = Fanout()
         self._cursor: Position | None = None
+        #: The reader's last deliveries, to find where to go on after a stream that went back.
+        self._delivered: collections.deque[Position] = collections.deque(maxlen=_REMEMBERED)
         self._reader_pid: int | None = None
         self._closing = False
         self._wait_replicas = wait_replicas
@@ -336,13 +342,9 @@ class RedisBroker:
             try:
                 if self._cursor is None:
                     self._cursor = self._last_generated()
-                elif backoff != 0.05:
-                    # Back after an outage, the stream may end before the last entry read: a
-                    # Redis restarted without persistence, or a new primary that never had
-                    # the newest entries. Follow on from its end, or its new entries, which
-                    # may have lower ids than what was read, would never be read.
-                    self._cursor = min(self._cursor, self._last_generated())
                 response = self._reader.xread({STREAM_KEY: _format(self._cursor)}, count=500, block=_BLOCK_MS)
+                if not response:
+                    self._rewind()
             except redis.RedisError as e:
                 if self._closing:
                     return
@@ -359,11 +361,35 @@ class RedisBroker:
                 for stream_id, fields in entries:
                     with self._fanout.lock:
                         started = time.perf_counter()
-                        position = _parse(stream_id.decode())
+                        position = _parse(stream_id.decode()) or (0, 0)
                         self._cursor = position
+                        self._delivered.append(position)
                         self._fanout.deliver(fields[b"c"].decode(), _frame(stream_id, fields), position)
                     fanout_seconds.observe(time.perf_counter() - started)
         self._reader.close()
+
+    def _rewind(self) -> None:
+        """Follow a stream that now ends before the last entry read.
+
+        That is a Redis restarted (without persistence, or with its last writes lost) or a
+        new primary that never had the newest entries; redis-py reconnects by itself, so
+        neither need surface as an error. The new entries may have lower ids than what was
+        read (a clock behind), and reading after the cursor would never reach them: the
+        reader goes back to the newest entry it delivered that the stream still has, or,
+        with none, to before the entries it has never delivered.
+        """
+        assert self._reader is not None and self._cursor is not None
+        if self._last_generated() >= self._cursor:
+            return
+        delivered = set(self._delivered)
+        newest = self._reader.xrevrange(STREAM_KEY, "+", "-", count=_REMEMBERED + 1)
+        ids = [entry_id for entry_id, _ in t.cast("list[_Entry]", newest)]
+        positions = [_parse(entry_id.decode()) or (0, 0) for entry_id in ids]
+        rewound = next((p for p in positions if p in delivered), None)
+        if rewound is None:
+            rewound = _before(positions[-1]) if len(positions) > _REMEMBERED else (0, 0)
+        with self._fanout.lock:
+            self._cursor = rewound
 
     def _last_generated(self) -> Position:
         import redis
