@@ -225,8 +225,9 @@ CHURN = Path(__file__).resolve().parent.parent / "benchmarks" / "churn.py"
 def test_churn_through_a_sentinel_failover_loses_nothing() -> None:
     """``benchmarks/churn.py --broker sentinel``: 100 clients dropping and resuming while
     events are published, the primary SIGKILLed and replaced by its replica mid-run, every
-    publish waiting for a replica: nothing lost, duplicated or out of order, and every gap
-    announced by ``missed``."""
+    publish waiting for a replica: nothing lost or out of order, every gap announced by
+    ``missed``, and nothing received twice but in the replay that follows a ``missed`` (an
+    event the dying primary wrote and delivered, but lost: its id is unknown to the new one)."""
     need("redis-server", shutil.which("redis-server"))
     command = [
         sys.executable, str(CHURN), "--clients", "100", "--seconds", "8", "--broker", "sentinel",
@@ -236,8 +237,9 @@ def test_churn_through_a_sentinel_failover_loses_nothing() -> None:
     assert run.stdout, f"churn.py printed no results (exit {run.returncode}):\n{run.stderr[-5000:]}"
     result = json.loads(run.stdout)["results"]["sentinel"]
     details = run.stderr[-3000:] + "\n" + json.dumps(result, indent=1)[:6000]
-    for key in ("lost", "duplicated", "out_of_order", "wrong_channel", "never_connected"):
+    for key in ("lost", "out_of_order", "wrong_channel", "never_connected"):
         assert result[key] == 0, f"{key}: {result[key]}\n{details}"
+    assert result["duplicated"] == result["duplicated_after_missed"], details
     assert any("primary SIGKILLed" in fault for fault in result["faults"]), details
     assert result["drops"] >= 30 and result["published"] >= 200, details
     assert result["received"] + result["announced_gaps"] == result["expected"], details
