@@ -17,6 +17,10 @@ What happens, per broker:
 - ``redis``: ``--workers`` gevent workers (4) sharing one Redis; at 30 % one worker is
   SIGKILLed, at 60 % redis-server is killed and started again, empty, ``--outage`` seconds later;
   during the outage another worker is SIGKILLed, so that its replacement starts without Redis.
+- ``sentinel`` (only when asked for): ``--workers`` workers on a primary and a replica behind
+  three Sentinels, with ``SSE_REDIS_WAIT_REPLICAS=1``; at 40 % the primary is SIGKILLed, the
+  Sentinels promote the replica, and the old primary comes back empty as its replica (until
+  then publishes answer 503: no replica confirms them).
 
 The clients (``--clients``, spread over a few processes, raw sockets and a selector) each listen
 to one or two of four channels. Each drops its connection at random (every ``--drop-every``
@@ -106,33 +110,82 @@ def table(results: dict[str, dict[str, t.Any]]) -> str:
     width = max(len(label) for label, _ in ROWS) + 2
     lines = ["".ljust(width) + "".join(name.rjust(12) for name in names)]
     for label, key in ROWS:
-        lines.append(label.ljust(width) + "".join(str(results[name].get(key, "")).rjust(12) for name in names))
+        lines.append(
+            label.ljust(width)
+            + "".join(str(results[name].get(key, "")).rjust(12) for name in names)
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=60, help="length of the run proper, per broker; 0 skips it (soak only)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60,
+        help="length of the run proper, per broker; 0 skips it (soak only)",
+    )
     parser.add_argument("--rate", type=float, default=50, help="events published per second")
-    parser.add_argument("--broker", choices=["memory", "redis", "both"], default="both")
+    parser.add_argument(
+        "--broker",
+        choices=["memory", "redis", "both", "sentinel"],
+        default="both",
+        help="both: memory and redis; sentinel: a Sentinel failover, run alone",
+    )
     parser.add_argument("--workers", type=int, default=4, help="gevent workers for the Redis run")
-    parser.add_argument("--drop-every", type=float, default=10, help="mean seconds between a client's drops")
-    parser.add_argument("--away", type=float, default=1.5, help="longest a dropped client stays away")
+    parser.add_argument(
+        "--drop-every", type=float, default=10, help="mean seconds between a client's drops"
+    )
+    parser.add_argument(
+        "--away", type=float, default=1.5, help="longest a dropped client stays away"
+    )
     parser.add_argument("--outage", type=float, default=2, help="seconds redis-server stays down")
-    parser.add_argument("--drain", type=float, default=30, help="longest wait for clients to catch up after the run")
-    parser.add_argument("--processes", type=int, default=0, help="client processes (default: one per 500 clients, up to the cores)")
-    parser.add_argument("--soak-seconds", type=float, default=15, help="idle-memory soak per broker; 0 skips it; 3600 for an hour")
-    parser.add_argument("--soak-streams", type=int, default=0, help="idle streams in the soak (default: --clients)")
-    parser.add_argument("--soak-interval", type=float, default=0, help="seconds between RSS samples in the soak (default: a 60th of it)")
+    parser.add_argument(
+        "--drain", type=float, default=30, help="longest wait for clients to catch up after the run"
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="client processes (default: one per 500 clients, up to the cores)",
+    )
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=15,
+        help="idle-memory soak per broker; 0 skips it; 3600 for an hour",
+    )
+    parser.add_argument(
+        "--soak-streams", type=int, default=0, help="idle streams in the soak (default: --clients)"
+    )
+    parser.add_argument(
+        "--soak-interval",
+        type=float,
+        default=0,
+        help="seconds between RSS samples in the soak (default: a 60th of it)",
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=0, help="give up after this many seconds (default: generous for the run asked)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        help="give up after this many seconds (default: generous for the run asked)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--log-dir", type=Path, help="keep the servers' logs here (default: a temporary directory, removed)")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help="keep the servers' logs here (default: a temporary directory, removed)",
+    )
     options = parser.parse_args(argv)
     options.soak_streams = options.soak_streams or options.clients
     brokers = ["memory", "redis"] if options.broker == "both" else [options.broker]
-    budget = options.timeout or len(brokers) * (options.seconds + options.drain + options.soak_seconds + 150)
+    budget = options.timeout or len(brokers) * (
+        options.seconds + options.drain + options.soak_seconds + 150
+    )
     deadline = time.monotonic() + budget
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -156,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 if options.seconds > 0:
                     results[kind] = run_broker(kind, options, workdir, deadline)
                 if options.soak_seconds > 0:
-                    log(f"{kind}: idle soak, {options.soak_streams} streams for {options.soak_seconds:g} s")
+                    log(
+                        f"{kind}: idle soak, {options.soak_streams} streams for {options.soak_seconds:g} s"
+                    )
                     soaks[kind] = soak(kind, options, workdir, deadline)
         except KeyboardInterrupt:
             log("interrupted; everything started is stopped")
@@ -170,11 +225,22 @@ def main(argv: list[str] | None = None) -> int:
             procs.stop_all()  # anything a cleanup cut short (a second Ctrl-C) left running
 
     failed = [
-        kind for kind, result in results.items()
-        if result["lost"] or result["duplicated"] or result["out_of_order"] or result["never_connected"] or result["wrong_channel"]
+        kind
+        for kind, result in results.items()
+        if result["lost"]
+        or result["duplicated"]
+        or result["out_of_order"]
+        or result["never_connected"]
+        or result["wrong_channel"]
     ]
     if options.json:
-        print(json.dumps({"config": vars(options), "results": results, "soak": soaks, "ok": not failed}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"config": vars(options), "results": results, "soak": soaks, "ok": not failed},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         if results:
             print(table(results))
@@ -183,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             for ending, count in result["server_tracebacks"].items():
                 print(f"  the server's log has {count} traceback(s) ending {ending!r}")
             if result["publish_attempts_failed"]:
-                print(f"  publish attempts that failed, then were retried: {result['publish_attempts_failed']}")
+                print(
+                    f"  publish attempts that failed, then were retried: {result['publish_attempts_failed']}"
+                )
             for example in result["examples"]:
                 print(f"  {example}")
         for kind, result in soaks.items():
@@ -199,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
                 "\nlost: expected, never received, and not in a gap that an 'event: missed' notice announced"
                 "\n(announced gaps: the in-process history is gone after a reload, Redis's after a restart)."
             )
-            print("\nOK: nothing lost, duplicated or out of order." if not failed else f"\nFAILED: {', '.join(failed)}")
+            print(
+                "\nOK: nothing lost, duplicated or out of order."
+                if not failed
+                else f"\nFAILED: {', '.join(failed)}"
+            )
     return 1 if failed else 0
 
 

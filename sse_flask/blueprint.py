@@ -18,7 +18,14 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 
-from .errors import BrokerUnavailable, DataTooLarge, InvalidInput, InvalidToken, UnknownJob
+from .errors import (
+    BrokerUnavailable,
+    DataTooLarge,
+    InvalidInput,
+    InvalidToken,
+    NotReplicated,
+    UnknownJob,
+)
 from .events import DEFAULT_EVENT
 from .jobs import subscribe
 from .metrics import exposition, metrics
@@ -43,7 +50,9 @@ def events() -> Response:
     """The event stream of the channels named by ``?channel=`` (``default`` if none)."""
     state = _state()
     settings = state.settings
-    channels = list(dict.fromkeys(check_channel(name) for name in request.args.getlist("channel"))) or [DEFAULT_CHANNEL]
+    channels = list(
+        dict.fromkeys(check_channel(name) for name in request.args.getlist("channel"))
+    ) or [DEFAULT_CHANNEL]
     try:
         grant = state.read_token(request.args.get("token"))
     except InvalidToken as e:
@@ -53,7 +62,9 @@ def events() -> Response:
         if refusal is not None:
             return _error(403, refusal)
     # A stream with private channels ends when its token expires.
-    expires_in = grant.expires_at - time.time() if grant and any(map(state.is_private, channels)) else None
+    expires_in = (
+        grant.expires_at - time.time() if grant and any(map(state.is_private, channels)) else None
+    )
     last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
     address = request.remote_addr or ""
     refusal = state.reserve_stream(address, request.environ)
@@ -173,6 +184,8 @@ def _unknown_job(e: UnknownJob) -> Response:
 
 @blueprint.errorhandler(BrokerUnavailable)
 def _unavailable(e: BrokerUnavailable) -> Response:
+    if isinstance(e, NotReplicated):
+        return _error(503, str(e), {"Retry-After": "1"})
     return _error(503, f"nothing was sent: {e}", {"Retry-After": "1"})
 
 
@@ -201,7 +214,9 @@ def json_method_not_allowed(e: MethodNotAllowed) -> Response | MethodNotAllowed:
     Flask does not pass routing errors to a blueprint's own handlers, so ``init_app``
     registers this one on the app, unless the app handles 405 itself.
     """
-    routes = {rule.rule for rule in current_app.url_map.iter_rules() if rule.endpoint.startswith("sse.")}
+    routes = {
+        rule.rule for rule in current_app.url_map.iter_rules() if rule.endpoint.startswith("sse.")
+    }
     return http_error(e) if request.path in routes else e
 
 
@@ -271,7 +286,9 @@ def _token_ok(token: str | None) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # compare_digest takes as long whatever the first wrong character, so the token
     # cannot be guessed one character at a time from response times.
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"), token.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("latin-1", "replace"), token.encode()
+    )
 
 
 def _cross_site_refusal(settings: Settings) -> str | None:
@@ -308,7 +325,9 @@ def _cross_site_refusal(settings: Settings) -> str | None:
 def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
     """``data``, ``event`` and ``channel`` from a JSON object or form fields."""
     # Room for JSON escapes and white space around the largest data allowed.
-    limit = request.max_content_length = request.max_form_memory_size = 8 * settings.max_data_bytes + 65536
+    limit = request.max_content_length = request.max_form_memory_size = (
+        8 * settings.max_data_bytes + 65536
+    )
     too_large = DataTooLarge(
         f"the request body is over {limit} bytes, the most /say reads for data of up to "
         f"{settings.max_data_bytes} bytes (SSE_MAX_DATA_BYTES)"
@@ -333,7 +352,9 @@ def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
         except (ValueError, RecursionError) as e:
             raise InvalidInput(f"the body is not valid JSON: {e}") from None
         if not isinstance(fields, dict):
-            raise InvalidInput('the JSON body must be an object such as {"data": "hi", "event": "greeting", "channel": "news"}')
+            raise InvalidInput(
+                'the JSON body must be an object such as {"data": "hi", "event": "greeting", "channel": "news"}'
+            )
         if "data" not in fields:
             raise InvalidInput("the JSON body has no field 'data'")
         data = fields["data"]
@@ -341,7 +362,9 @@ def _posted_fields(settings: Settings) -> tuple[t.Any, str | None, str | None]:
         fields = form
         data = fields.get("data", fields.get("msg"))
         if data is None:
-            raise InvalidInput("send the field 'data' as JSON (Content-Type: application/json) or as a form field")
+            raise InvalidInput(
+                "send the field 'data' as JSON (Content-Type: application/json) or as a form field"
+            )
     for name in ("event", "channel"):
         if fields.get(name) is not None and not isinstance(fields[name], str):
             raise InvalidInput(f"field {name!r} must be a string, got {fields[name]!r:.80}")

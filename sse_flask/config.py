@@ -34,9 +34,10 @@ DEFAULTS: dict[str, t.Any] = {
     "SSE_PRIVATE_PREFIXES": "user:",
     "SSE_COMPRESS": False,
     "SSE_JOB_RETENTION": 300,
+    "SSE_REDIS_WAIT_REPLICAS": 0,
 }
 
-_BROKER_SCHEMES = ("redis://", "rediss://", "unix://")
+_BROKER_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Settings:
     private_prefixes: tuple[str, ...] = ("user:",)
     compress: bool = False
     job_retention: float = 300.0
+    redis_wait_replicas: int = 0
 
 
 def load_settings(config: t.Mapping[str, t.Any], environ: t.Mapping[str, str]) -> Settings:
@@ -154,19 +156,35 @@ def _strings(value: t.Any) -> tuple[str, ...]:
 
 _CASTS: dict[str, tuple[t.Callable[[t.Any], t.Any], str]] = {
     "SSE_URL_PREFIX": (_url_prefix, "empty or a path starting with '/', such as '/sse'"),
-    "SSE_BROKER_URL": (_broker_url, "unset or a redis://, rediss:// or unix:// URL"),
+    "SSE_BROKER_URL": (
+        _broker_url,
+        "unset or a redis://, rediss://, unix:// or redis+sentinel:// URL",
+    ),
     "SSE_HEARTBEAT": (_number(0, integer=False, above=True), "a number of seconds greater than 0"),
     "SSE_RETRY_MS": (_number(0, integer=True), "a whole number of milliseconds, 0 or more"),
     "SSE_HISTORY": (_number(0, integer=True), "a whole number of events, 0 or more"),
     "SSE_QUEUE_SIZE": (_number(1, integer=True), "a whole number of events, 1 or more"),
     "SSE_MAX_DATA_BYTES": (_number(1, integer=True), "a whole number of bytes, 1 or more"),
-    "SSE_MAX_CONNECTIONS": (_number(0, integer=True), "a whole number of streams, 0 (no limit) or more"),
-    "SSE_MAX_STREAMS_PER_ADDRESS": (_number(0, integer=True), "a whole number of streams, 0 (no limit) or more"),
+    "SSE_MAX_CONNECTIONS": (
+        _number(0, integer=True),
+        "a whole number of streams, 0 (no limit) or more",
+    ),
+    "SSE_MAX_STREAMS_PER_ADDRESS": (
+        _number(0, integer=True),
+        "a whole number of streams, 0 (no limit) or more",
+    ),
     "SSE_MAX_STREAM_SECONDS": (_number(0, integer=False), "a number of seconds, 0 (never) or more"),
     "SSE_PUBLISH_TOKEN": (_optional_text, "unset or a string"),
     "SSE_OPEN_PUBLISH": (_flag, "true or false (1/0, yes/no, on/off)"),
     "SSE_CORS_ORIGINS": (_strings, "unset, a comma-separated string of origins, or a list of them"),
-    "SSE_PRIVATE_PREFIXES": (_strings, "a comma-separated string of channel prefixes, or a list of them"),
+    "SSE_PRIVATE_PREFIXES": (
+        _strings,
+        "a comma-separated string of channel prefixes, or a list of them",
+    ),
     "SSE_COMPRESS": (_flag, "true or false (1/0, yes/no, on/off)"),
     "SSE_JOB_RETENTION": (_number(0, integer=False), "a number of seconds, 0 or more"),
+    "SSE_REDIS_WAIT_REPLICAS": (
+        _number(0, integer=True),
+        "a whole number of replicas, 0 (do not wait) or more",
+    ),
 }

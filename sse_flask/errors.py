@@ -10,6 +10,7 @@
     ├── InvalidToken           a subscribe token forged, malformed or expired: HTTP 403
     ├── UnknownJob             a job's channel that the broker does not keep: HTTP 404
     └── BrokerUnavailable      the broker (Redis) cannot be reached: HTTP 503
+        └── NotReplicated      written, but fewer replicas confirmed it than SSE_REDIS_WAIT_REPLICAS
 
 Event types and ids with CR, LF or NUL raise a plain :class:`ValueError` from
 :mod:`sse_flask.events`, which has no dependency on this module.
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidChannel",
     "InvalidInput",
     "InvalidToken",
+    "NotReplicated",
     "SSEError",
     "UnknownJob",
 ]
@@ -60,3 +62,8 @@ class UnknownJob(SSEError):
 
 class BrokerUnavailable(SSEError):
     """The broker cannot be reached, so nothing was published or replayed."""
+
+
+class NotReplicated(BrokerUnavailable):
+    """Redis took the event but fewer replicas than ``SSE_REDIS_WAIT_REPLICAS`` confirmed it
+    in time: it may have been delivered, and may be lost if the primary fails over."""

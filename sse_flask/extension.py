@@ -23,11 +23,6 @@ from .viewstream import stream_items
 __all__ = ["SSE"]
 
 
-
-
-
-
-
 class SSE:
     """Server-sent events for a Flask app: mounts the blueprint and publishes events.
 
@@ -54,20 +49,28 @@ class SSE:
         ``SSE_QUEUE_SIZE``, ``SSE_MAX_DATA_BYTES``, ``SSE_MAX_CONNECTIONS``,
         ``SSE_MAX_STREAMS_PER_ADDRESS``, ``SSE_MAX_STREAM_SECONDS``, ``SSE_PUBLISH_TOKEN``,
         ``SSE_OPEN_PUBLISH``, ``SSE_CORS_ORIGINS``, ``SSE_PRIVATE_PREFIXES`` and
-        ``SSE_JOB_RETENTION``.
+        ``SSE_JOB_RETENTION``; with Redis also ``SSE_REDIS_WAIT_REPLICAS`` (a publish returns
+        once that many replicas have it). ``SSE_BROKER_URL`` may be ``redis://``,
+        ``rediss://`` (TLS), ``unix://``, or
+        ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]``
+        to follow the primary that those Sentinels name through a failover.
 
         :raises ConfigError: if a setting has a value that is not allowed.
         :raises RuntimeError: if ``app`` already has an SSE extension.
         """
         if "sse" in app.extensions:
-            raise RuntimeError("this app already has an SSE extension; call init_app(app) once per app")
+            raise RuntimeError(
+                "this app already has an SSE extension; call init_app(app) once per app"
+            )
         settings = load_settings(app.config, os.environ)
 
         state = AppState(self, settings, make_broker(settings))
         app.extensions["sse"] = state
         app.register_blueprint(blueprint, url_prefix=settings.url_prefix or None)
         handlers = app.error_handler_spec[None]
-        if 405 not in handlers and not {HTTPException, MethodNotAllowed} & set(handlers.get(None, {})):
+        if 405 not in handlers and not {HTTPException, MethodNotAllowed} & set(
+            handlers.get(None, {})
+        ):
             app.register_error_handler(MethodNotAllowed, json_method_not_allowed)
         if settings.cors_origins:
             enable_cors(app, settings)
@@ -190,7 +193,11 @@ class SSE:
         """
         for channel in channels:
             check_channel(channel)
-        return str(self._state().token_serializer().dumps({"c": list(channels), "e": time.time() + expires_in}))
+        return str(
+            self._state()
+            .token_serializer()
+            .dumps({"c": list(channels), "e": time.time() + expires_in})
+        )
 
     def _state(self) -> AppState:
         return t.cast(AppState, self._app().extensions["sse"])
@@ -200,11 +207,15 @@ class SSE:
         if has_app_context():
             state = current_app.extensions.get("sse")
             if state is None or state.sse is not self:
-                raise RuntimeError("this SSE extension is not set up on the current app; call init_app(app) first")
+                raise RuntimeError(
+                    "this SSE extension is not set up on the current app; call init_app(app) first"
+                )
             return t.cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
         apps = list(self._apps)
         if len(apps) == 1:
             return apps[0]
         if not apps:
             raise RuntimeError("this SSE extension has no app; call init_app(app) first")
-        raise RuntimeError("this SSE extension serves several apps; publish inside 'with app.app_context():'")
+        raise RuntimeError(
+            "this SSE extension serves several apps; publish inside 'with app.app_context():'"
+        )

@@ -23,13 +23,12 @@ import time
 import typing as t
 
 import pytest
+from conftest import wait_until
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from sse_flask.broker import Broker, MemoryBroker, Subscription
-from sse_flask.broker.redis import RedisBroker
+from sse_flask.broker.redis import STREAM_KEY, RedisBroker
 from sse_flask.events import Event, encode_event
-
-from conftest import wait_until
 
 
 class Parsed(t.NamedTuple):
@@ -64,11 +63,18 @@ def make_broker(request: pytest.FixtureRequest) -> t.Iterator[t.Callable[..., Br
         broker.close()
 
 
-def exact_history(make_broker: t.Callable[..., Broker]) -> None:
-    """Skip for Redis, which trims its stream approximately and keeps at least 100 entries,
-    so that a test counting on exactly ``history`` retained events does not apply."""
+def exact_history(make_broker: t.Callable[..., Broker], broker: Broker, history: int) -> None:
+    """Make Redis retain exactly ``history`` events, as the in-process broker does.
+
+    The Redis broker trims approximately and keeps at least 100 entries; an exact ``XTRIM``
+    (which an operator may run too) brings it to the count the test expects, so that what is
+    tested is its answer to a trimmed id, not how much ``MAXLEN ~`` happens to keep.
+    """
     if make_broker.backend == "redis":  # type: ignore[attr-defined]
-        pytest.skip("Redis retains approximately SSE_HISTORY events, and at least 100")
+        import redis
+
+        assert isinstance(broker, RedisBroker)
+        redis.Redis.from_url(broker.url).xtrim(STREAM_KEY, maxlen=history, approximate=False)
 
 
 @pytest.fixture
@@ -158,7 +164,11 @@ def test_delivery_only_to_subscribers_of_the_channel(broker: Broker) -> None:
 def test_multi_channel_subscription_in_publish_order(broker: Broker) -> None:
     """One subscription to several channels gets each event once, in publish order."""
     subscription = broker.subscribe(["a", "b", "c"], None, queue_size=100)
-    published = [(broker.publish(channel, frame(f"{channel}{i}")), f"{channel}{i}") for i in range(10) for channel in "abcd"]
+    published = [
+        (broker.publish(channel, frame(f"{channel}{i}")), f"{channel}{i}")
+        for i in range(10)
+        for channel in "abcd"
+    ]
     expected = [(event_id, data) for event_id, data in published if not data.startswith("d")]
     assert [(event.id, event.data) for event in receive(subscription, len(expected))] == expected
     assert nothing_more(subscription)
@@ -171,7 +181,9 @@ def test_duplicate_channels_count_once(broker: Broker) -> None:
     assert [event.id for event in receive(subscription, 1)] == [event_id]
     assert nothing_more(subscription)
     subscription.close()
-    assert wait_until(lambda: broker.stats()["consumers"] == 0, message="the subscription to be gone")
+    assert wait_until(
+        lambda: broker.stats()["consumers"] == 0, message="the subscription to be gone"
+    )
     assert broker.stats()["channels"] == {}
 
 
@@ -203,10 +215,16 @@ def test_no_replay_without_last_event_id(broker: Broker) -> None:
 
 def test_replay_after_id(broker: Broker) -> None:
     """Resuming replays exactly the later events of the requested channels, in order, then goes live."""
-    published = [(channel, broker.publish(channel, frame(f"{channel}{i}"))) for i in range(12) for channel in "abc"]
+    published = [
+        (channel, broker.publish(channel, frame(f"{channel}{i}")))
+        for i in range(12)
+        for channel in "abc"
+    ]
     last = published[10][1]
     subscription = broker.subscribe(["a", "c"], last, queue_size=100)
-    assert [event.id for event in replayed(subscription)] == [event_id for channel, event_id in published[11:] if channel in "ac"]
+    assert [event.id for event in replayed(subscription)] == [
+        event_id for channel, event_id in published[11:] if channel in "ac"
+    ]
     live = broker.publish("c", frame("live"))
     broker.publish("b", frame("not for us"))
     assert [event.id for event in receive(subscription, 1)] == [live]
@@ -223,7 +241,9 @@ def test_replay_keeps_types_and_data(broker: Broker) -> None:
     """Replayed frames are the published ones: type, multi-line data and unicode intact."""
     first = broker.publish("a", frame("x"))
     second = broker.publish("a", frame("line 1\nline 2 \u2713", event="update"))
-    assert replayed(broker.subscribe(["a"], first, queue_size=10)) == [Parsed(second, "update", "line 1\nline 2 \u2713")]
+    assert replayed(broker.subscribe(["a"], first, queue_size=10)) == [
+        Parsed(second, "update", "line 1\nline 2 \u2713")
+    ]
 
 
 def test_replay_then_live_without_gap_or_duplicate_under_concurrent_publish(broker: Broker) -> None:
@@ -248,12 +268,16 @@ def test_replay_then_live_without_gap_or_duplicate_under_concurrent_publish(brok
     finally:
         publisher.join(30)
     assert not publisher.is_alive() and len(ids) == total
-    assert len({after for after, _ in subscriptions}) > 5, "the publisher finished before the race began"
+    assert len({after for after, _ in subscriptions}) > 5, (
+        "the publisher finished before the race began"
+    )
     number_of = {event_id: i for i, event_id in enumerate(ids)}
     for after, subscription in subscriptions:
         events = replayed(subscription)
         events += receive(subscription, total - 1 - after - len(events))
-        assert [int(event.data) for event in events] == list(range(after + 1, total)), f"resumed after {after}"
+        assert [int(event.data) for event in events] == list(range(after + 1, total)), (
+            f"resumed after {after}"
+        )
         assert [number_of[event.id] for event in events] == list(range(after + 1, total))
         assert subscription.wait(0) == b"", "a duplicate after the last event"
         subscription.close()
@@ -274,9 +298,9 @@ def missed_frame(event: Parsed, last_event_id: str) -> dict[str, t.Any]:
 
 def test_missed_when_older_than_history(make_broker: t.Callable[..., Broker]) -> None:
     """An id older than the history gets ``missed`` first, then everything retained, then live."""
-    exact_history(make_broker)
     broker = make_broker(history=5)
     ids = [broker.publish("a", frame(str(i))) for i in range(12)]
+    exact_history(make_broker, broker, 5)
     subscription = broker.subscribe(["a"], ids[2], queue_size=100)
     missed, *rest = replayed(subscription)
     assert missed_frame(missed, ids[2])["oldest_retained"] == ids[7]
@@ -285,18 +309,44 @@ def test_missed_when_older_than_history(make_broker: t.Callable[..., Broker]) ->
     assert [event.id for event in receive(subscription, 1)] == [live]
 
 
+def test_resume_from_1000_events_back_says_missed_and_from_the_latest_does_not(
+    make_broker: t.Callable[..., Broker],
+) -> None:
+    """With history=100, an id 1,000 events back gets ``missed``, then a retained suffix
+    that holds at least the last 100 events; the latest id gets the next event, no ``missed``.
+    On Redis this runs the broker's own approximate trimming (``MAXLEN ~``)."""
+    broker = make_broker(history=100)
+    first = broker.publish("a", frame("first"))
+    ids = [broker.publish("a", frame(str(i))) for i in range(1000)]
+    behind = broker.subscribe(["a"], first, queue_size=10)
+    missed, *rest = replayed(behind)
+    assert missed_frame(missed, first)["oldest_retained"] == rest[0].id
+    assert 100 <= len(rest) < 1000 and [event.id for event in rest] == ids[-len(rest) :]
+    assert replayed(broker.subscribe(["a"], missed.id, queue_size=10)) == rest
+    latest = broker.subscribe(["a"], ids[-1], queue_size=10)
+    assert latest.replay == [] and not latest.missed
+    following = broker.publish("a", frame("next"))
+    assert receive(latest, 1) == [Parsed(following, "message", "next")]
+
+
 def test_missed_replays_only_the_requested_channels(make_broker: t.Callable[..., Broker]) -> None:
     """After ``missed``, only the retained events of the requested channels follow."""
-    exact_history(make_broker)
     broker = make_broker(history=6)
-    published = [(channel, broker.publish(channel, frame(channel))) for _ in range(5) for channel in "ab"]
+    published = [
+        (channel, broker.publish(channel, frame(channel))) for _ in range(5) for channel in "ab"
+    ]
+    exact_history(make_broker, broker, 6)
     subscription = broker.subscribe(["b"], published[0][1], queue_size=100)
     missed, *rest = replayed(subscription)
     missed_frame(missed, published[0][1])
-    assert [event.id for event in rest] == [event_id for channel, event_id in published[4:] if channel == "b"]
+    assert [event.id for event in rest] == [
+        event_id for channel, event_id in published[4:] if channel == "b"
+    ]
 
 
-@pytest.mark.parametrize("kind", ["other broker", "garbage", "empty", "from the future", "spaces", "non-ascii digits"])
+@pytest.mark.parametrize(
+    "kind", ["other broker", "garbage", "empty", "from the future", "spaces", "non-ascii digits"]
+)
 def test_missed_when_id_unknown(make_broker: t.Callable[..., Broker], kind: str) -> None:
     """An id this broker never issued gets ``missed``, then every retained event: never a silent loss."""
     broker = make_broker(history=100)
@@ -318,9 +368,9 @@ def test_missed_when_id_unknown(make_broker: t.Callable[..., Broker], kind: str)
 
 def test_resume_from_the_missed_frame_id(make_broker: t.Callable[..., Broker]) -> None:
     """A client cut off right after ``missed`` resumes from its id with the full replay, no second ``missed``."""
-    exact_history(make_broker)
     broker = make_broker(history=3)
     ids = [broker.publish("a", frame(str(i))) for i in range(8)]
+    exact_history(make_broker, broker, 3)
     (missed, *_) = replayed(broker.subscribe(["a"], "unknown", queue_size=10))
     again = replayed(broker.subscribe(["a"], missed.id, queue_size=10))
     assert [event.id for event in again] == ids[5:]
@@ -338,9 +388,9 @@ def test_missed_with_nothing_retained_yet(broker: Broker) -> None:
 
 def test_history_zero_keeps_nothing(make_broker: t.Callable[..., Broker]) -> None:
     """With history=0 nothing is replayed: a client that missed events is told so."""
-    exact_history(make_broker)
     broker = make_broker(history=0)
     ids = [broker.publish("a", frame(str(i))) for i in range(3)]
+    exact_history(make_broker, broker, 0)
     (missed,) = replayed(broker.subscribe(["a"], ids[0], queue_size=10))
     assert missed_frame(missed, ids[0])["oldest_retained"] is None
     assert broker.subscribe(["a"], ids[-1], queue_size=10).replay == []
@@ -387,7 +437,12 @@ def test_stats(broker: Broker) -> None:
     broker.publish("a", frame("x"))
     broker.publish("z", frame("y"))
     stats = broker.stats()
-    assert (stats["consumers"], stats["channels"], stats["published"], stats["dropped"]) == (2, {"a": 2, "b": 1}, 2, 0)
+    assert (stats["consumers"], stats["channels"], stats["published"], stats["dropped"]) == (
+        2,
+        {"a": 2, "b": 1},
+        2,
+        0,
+    )
     ab.close()
     assert broker.stats()["channels"] == {"a": 1}
     a.close()
@@ -425,9 +480,13 @@ def test_wait_returns_at_once_when_closed(broker: Broker) -> None:
 
 def test_broker_close_ends_every_subscription(broker: Broker) -> None:
     """close() closes every subscription, waking their waits; the counts drop to 0."""
-    subscriptions = [broker.subscribe([channel], None, queue_size=10) for channel in ("a", "a", "b")]
+    subscriptions = [
+        broker.subscribe([channel], None, queue_size=10) for channel in ("a", "a", "b")
+    ]
     results: list[bytes] = []
-    waiters = [threading.Thread(target=lambda s=s: results.append(s.wait(30))) for s in subscriptions]
+    waiters = [
+        threading.Thread(target=lambda s=s: results.append(s.wait(30))) for s in subscriptions
+    ]
     for waiter in waiters:
         waiter.start()
     started = time.monotonic()
@@ -480,5 +539,9 @@ def test_threads_publishing_and_draining(broker: Broker) -> None:
             assert [event.data for event in mine] == [f"{p}:{i}" for i in range(per_publisher)]
             assert [event.id for event in mine] == ids[p]
     # every reader saw the one broker order
-    assert [event.id for event in received[0]] == [event.id for event in received[1]] == [event.id for event in received[2]]
+    assert (
+        [event.id for event in received[0]]
+        == [event.id for event in received[1]]
+        == [event.id for event in received[2]]
+    )
     assert broker.stats()["published"] == total

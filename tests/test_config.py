@@ -34,12 +34,13 @@ CONTRACT_DEFAULTS = {
     "private_prefixes": ("user:",),
     "compress": False,
     "job_retention": 300,
+    "redis_wait_replicas": 0,
 }
 
 #: What each key must be, in the words of its error message.
 ALLOWED = {
     "SSE_URL_PREFIX": "empty or a path starting with '/', such as '/sse'",
-    "SSE_BROKER_URL": "unset or a redis://, rediss:// or unix:// URL",
+    "SSE_BROKER_URL": "unset or a redis://, rediss://, unix:// or redis+sentinel:// URL",
     "SSE_HEARTBEAT": "a number of seconds greater than 0",
     "SSE_RETRY_MS": "a whole number of milliseconds, 0 or more",
     "SSE_HISTORY": "a whole number of events, 0 or more",
@@ -54,6 +55,7 @@ ALLOWED = {
     "SSE_PRIVATE_PREFIXES": "a comma-separated string of channel prefixes, or a list of them",
     "SSE_COMPRESS": "true or false (1/0, yes/no, on/off)",
     "SSE_JOB_RETENTION": "a number of seconds, 0 or more",
+    "SSE_REDIS_WAIT_REPLICAS": "a whole number of replicas, 0 (do not wait) or more",
 }
 
 
@@ -72,7 +74,9 @@ def test_defaults() -> None:
 def test_every_key_is_known() -> None:
     """DEFAULTS, Settings and the documented keys name the same settings."""
     assert sorted(DEFAULTS) == sorted(ALLOWED)
-    assert sorted(map(_attribute, DEFAULTS)) == sorted(field.name for field in dataclasses.fields(Settings))
+    assert sorted(map(_attribute, DEFAULTS)) == sorted(
+        field.name for field in dataclasses.fields(Settings)
+    )
 
 
 def test_settings_are_frozen() -> None:
@@ -83,7 +87,10 @@ def test_settings_are_frozen() -> None:
 
 def test_unrelated_keys_are_ignored() -> None:
     """Other config keys and environment variables change nothing."""
-    assert load_settings({"SECRET_KEY": "x", "SSE_UNKNOWN": 1}, {"PATH": "/bin", "SSE_NOPE": "x"}) == Settings()
+    assert (
+        load_settings({"SECRET_KEY": "x", "SSE_UNKNOWN": 1}, {"PATH": "/bin", "SSE_NOPE": "x"})
+        == Settings()
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,7 +125,11 @@ def test_unrelated_keys_are_ignored() -> None:
         ("SSE_PUBLISH_TOKEN", None, None),
         ("SSE_OPEN_PUBLISH", True, True),
         ("SSE_OPEN_PUBLISH", False, False),
-        ("SSE_CORS_ORIGINS", ["https://a.example", "https://b.example"], ("https://a.example", "https://b.example")),
+        (
+            "SSE_CORS_ORIGINS",
+            ["https://a.example", "https://b.example"],
+            ("https://a.example", "https://b.example"),
+        ),
         ("SSE_CORS_ORIGINS", ("https://a.example",), ("https://a.example",)),
         ("SSE_CORS_ORIGINS", "https://a.example", ("https://a.example",)),
         ("SSE_CORS_ORIGINS", [], ()),
@@ -164,7 +175,11 @@ def test_app_config_overrides_default(key: str, value: t.Any, expected: t.Any) -
         ("SSE_OPEN_PUBLISH", "yes", True),
         ("SSE_OPEN_PUBLISH", "0", False),
         ("SSE_CORS_ORIGINS", "https://a.example", ("https://a.example",)),
-        ("SSE_CORS_ORIGINS", "https://a.example, https://b.example:8443", ("https://a.example", "https://b.example:8443")),
+        (
+            "SSE_CORS_ORIGINS",
+            "https://a.example, https://b.example:8443",
+            ("https://a.example", "https://b.example:8443"),
+        ),
         ("SSE_CORS_ORIGINS", " https://a.example ,, ", ("https://a.example",)),
         ("SSE_CORS_ORIGINS", "", ()),
     ],
@@ -193,18 +208,35 @@ def test_environment_casts(key: str, value: str, expected: t.Any) -> None:
         ("SSE_PUBLISH_TOKEN", "config-token", "env-token", "env-token"),
         ("SSE_PUBLISH_TOKEN", "config-token", "", None),
         ("SSE_OPEN_PUBLISH", True, "off", False),
-        ("SSE_CORS_ORIGINS", ["https://config.example"], "https://env.example", ("https://env.example",)),
+        (
+            "SSE_CORS_ORIGINS",
+            ["https://config.example"],
+            "https://env.example",
+            ("https://env.example",),
+        ),
     ],
 )
-def test_environment_overrides_app_config(key: str, config_value: t.Any, environ_value: str, expected: t.Any) -> None:
+def test_environment_overrides_app_config(
+    key: str, config_value: t.Any, environ_value: str, expected: t.Any
+) -> None:
     """The environment wins over app.config, even when it sets a value back to empty."""
-    assert getattr(load_settings({key: config_value}, {key: environ_value}), _attribute(key)) == expected
+    assert (
+        getattr(load_settings({key: config_value}, {key: environ_value}), _attribute(key))
+        == expected
+    )
 
 
 def test_sources_mix_per_key() -> None:
     """Each key is resolved on its own: default, app.config and environment side by side."""
-    settings = load_settings({"SSE_HEARTBEAT": 5, "SSE_HISTORY": 7}, {"SSE_HISTORY": "9", "SSE_RETRY_MS": "11"})
-    assert (settings.heartbeat, settings.history, settings.retry_ms, settings.queue_size) == (5.0, 9, 11, 1000)
+    settings = load_settings(
+        {"SSE_HEARTBEAT": 5, "SSE_HISTORY": 7}, {"SSE_HISTORY": "9", "SSE_RETRY_MS": "11"}
+    )
+    assert (settings.heartbeat, settings.history, settings.retry_ms, settings.queue_size) == (
+        5.0,
+        9,
+        11,
+        1000,
+    )
 
 
 _ENV = "the environment"
@@ -288,7 +320,10 @@ def test_bad_value_message_example() -> None:
     """The message reads as a sentence a deployer can act on."""
     with pytest.raises(ConfigError) as info:
         load_settings({}, {"SSE_HEARTBEAT": "soon"})
-    assert str(info.value) == "SSE_HEARTBEAT (from the environment) must be a number of seconds greater than 0, got 'soon'"
+    assert (
+        str(info.value)
+        == "SSE_HEARTBEAT (from the environment) must be a number of seconds greater than 0, got 'soon'"
+    )
 
 
 def test_environment_fixes_a_bad_app_config_value() -> None:
@@ -308,6 +343,6 @@ def test_heartbeat_message_matches_what_is_refused(value: str) -> None:
     try:
         settings = load_settings({}, {"SSE_HEARTBEAT": value})
     except ConfigError as e:
-        assert "greater than 0" not in str(e), "the message says the refused value is allowed"
+        assert "greater than 0" not in str(e), "the message says the refused value is allowed"  # noqa: PT017 (either outcome is allowed; the message must not contradict it)
     else:
         assert settings.heartbeat == float(value)

@@ -11,6 +11,7 @@ SIGTERM, so that no server outlives a run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -29,6 +30,7 @@ __all__ = [
     "Gunicorn",
     "Proc",
     "Redis",
+    "Sentinels",
     "alive",
     "core_busy_seconds",
     "cpu_seconds",
@@ -85,7 +87,9 @@ class Proc:
             except queue.Empty:
                 continue
             if line is None:
-                raise TimeoutError(f"{self.name} exited (status {self.popen.wait()}) before a '{prefix}' line")
+                raise TimeoutError(
+                    f"{self.name} exited (status {self.popen.wait()}) before a '{prefix}' line"
+                )
             if line.startswith(prefix):
                 return line
 
@@ -97,10 +101,8 @@ class Proc:
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM the process's whole session, then SIGKILL what is left after ``grace``."""
         self._signal_session(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
         # Children (gunicorn workers) may outlive the leader; kill the session regardless.
         deadline = time.monotonic() + grace
         while session_pids(self.pid) and time.monotonic() < deadline:
@@ -111,16 +113,12 @@ class Proc:
         """SIGKILL the process's whole session at once, the way a crash ends it; wait up to
         ``wait`` seconds for the leader to go, and forget it (``stop_all`` is done with it)."""
         self._signal_session(signal.SIGKILL)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            pass
         for stream in (self.popen.stdin, self.popen.stdout):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         with _LOCK:
             if self in _RUNNING:
                 _RUNNING.remove(self)
@@ -132,10 +130,8 @@ class Proc:
         for pid in session_pids(self.pid):
             if pid == self.pid:
                 continue
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def _read(self) -> None:
         assert self.popen.stdout is not None
@@ -287,9 +283,11 @@ class Redis:
     """``redis-server`` on a port of 127.0.0.1 chosen once, keeping nothing on disk: a restart
     (``kill``, then ``start``) comes back empty, on the same port, at the same ``url``."""
 
-    def __init__(self, log: Path, *, cpu: int | None = None) -> None:
+    def __init__(self, log: Path, *, cpu: int | None = None, args: t.Sequence[str] = ()) -> None:
         self.log = log
         self.cpu = cpu
+        #: More options for redis-server (``--replicaof HOST PORT`` for a replica).
+        self.args = list(args)
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: Proc | None = None
@@ -301,7 +299,8 @@ class Redis:
             with the end of its log.
         """
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.log.parent), "--maxclients", "19000", "--loglevel", "warning", "--daemonize", "no"]  # fmt: skip
+                "--dir", str(self.log.parent), "--maxclients", "19000", "--loglevel", "warning", "--daemonize", "no",
+                *self.args]  # fmt: skip
         proc = self.proc = start("redis", argv, cpu=self.cpu, log=self.log)
 
         def pong() -> bool:
@@ -331,6 +330,86 @@ class Redis:
             self.proc.stop()
 
 
+class Sentinels:
+    """A Redis primary, a replica of it, and three Sentinels watching them (quorum 2) that fail
+    over quickly (the primary is down after 300 ms), on free ports of 127.0.0.1; ``url`` is the
+    ``redis+sentinel://`` URL of the service."""
+
+    service = "primary"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.primary = Redis(directory / "primary.log")
+        self.primary.start()
+        replicaof = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica = Redis(directory / "replica.log", args=replicaof)
+        self.replica.start()
+        wait_for(lambda: self._linked(self.replica), 20, "the replica to sync")
+        self.ports = [free_port() for _ in range(3)]
+        self.sentinels = []
+        for port in self.ports:
+            config = directory / f"sentinel-{port}.conf"  # Sentinel rewrites its own
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 300\n"
+                f"sentinel failover-timeout {self.service} 3000\n"
+            )
+            argv = ["redis-server", str(config), "--sentinel"]
+            log = directory / f"sentinel-{port}.log"
+            self.sentinels.append(start("sentinel", argv, cpu=None, log=log))
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        self.url = f"redis+sentinel://{hosts}/{self.service}"
+        wait_for(self._watching, 20, "the Sentinels to know the replica and each other")
+
+    def fail_over(self) -> None:
+        """SIGKILL the primary; once the Sentinels name the replica as the primary, start the
+        old one again, empty, as a replica of the new (as Sentinel would reconfigure it, only
+        sooner); return once it replicates."""
+        self.primary.kill()
+        wait_for(lambda: self._primary_port() == self.replica.port, 30, "the promotion")
+        self.primary.args = ["--replicaof", "127.0.0.1", str(self.replica.port)]
+        self.primary.start()
+        wait_for(lambda: self._linked(self.primary), 30, "the old primary to replicate")
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.stop()
+        self.replica.stop()
+        self.primary.stop()
+
+    def _primary_port(self) -> int | None:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            address = redis.Redis(port=self.ports[0]).sentinel_get_master_addr_by_name(self.service)
+            return int(address[1]) if address else None
+        return None
+
+    def _watching(self) -> bool:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            for port in self.ports:
+                sentinel = redis.Redis(port=port, decode_responses=True)
+                others = sentinel.sentinel_sentinels(self.service)
+                if not sentinel.sentinel_slaves(self.service) or len(others) < 2:
+                    return False
+            return True
+        return False
+
+    @staticmethod
+    def _linked(server: Redis) -> bool:
+        """Whether ``server`` replicates its primary."""
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            return bool(
+                redis.Redis(port=server.port).info("replication").get("master_link_status") == "up"
+            )
+        return False
+
+
 class Gunicorn:
     """A gunicorn master started on port 0 (``--bind 127.0.0.1:0``), followed through its log:
     the port from its ``Listening at:`` line, the live workers from their ``Worker ready (pid:
@@ -357,7 +436,9 @@ class Gunicorn:
         self.proc = start(name, argv, cpu=cpu, env=env, cwd=cwd, log=log)
         try:
             self.port = int(wait_for(self._listening, 30, "gunicorn to listen").group(1))
-            wait_for(lambda: len(self.worker_pids()) >= workers, 60, f"{workers} workers to be ready")
+            wait_for(
+                lambda: len(self.worker_pids()) >= workers, 60, f"{workers} workers to be ready"
+            )
         except BaseException:
             self.stop()
             raise
@@ -380,14 +461,22 @@ class Gunicorn:
         """Graceful reload (SIGHUP): new workers boot, then the old ones stop."""
         old = set(self.worker_pids())
         self.proc.popen.send_signal(signal.SIGHUP)
-        wait_for(lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers, 60, "the reload")
+        wait_for(
+            lambda: not old & set(self.worker_pids()) and len(self.worker_pids()) >= self.workers,
+            60,
+            "the reload",
+        )
 
     def kill_worker(self) -> int:
         """SIGKILL one worker, chosen at random; return its pid once gunicorn has a
         replacement ready."""
         victim = random.choice(self.worker_pids())
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: victim not in self.worker_pids() and len(self.worker_pids()) >= self.workers, 60, "a replacement worker")
+        wait_for(
+            lambda: victim not in self.worker_pids() and len(self.worker_pids()) >= self.workers,
+            60,
+            "a replacement worker",
+        )
         return victim
 
     def stop(self) -> None:
@@ -396,5 +485,7 @@ class Gunicorn:
 
     def _listening(self) -> re.Match[str] | None:
         if not self.proc.alive():
-            raise RuntimeError(f"the server exited with {self.proc.popen.returncode}:\n{self.log_text()[-3000:]}")
+            raise RuntimeError(
+                f"the server exited with {self.proc.popen.returncode}:\n{self.log_text()[-3000:]}"
+            )
         return re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log_text())

@@ -30,7 +30,9 @@ class Broker(t.Protocol):
         :raises BrokerUnavailable: if nothing could be published.
         """
 
-    def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
+    def subscribe(
+        self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int
+    ) -> Subscription:
         """Subscribe to ``channels``. With ``last_event_id``, the subscription's ``replay``
         holds every retained event after it on those channels (preceded by a ``missed``
         frame if that id is unknown or older than the history), and live delivery follows
@@ -96,5 +98,8 @@ def make_broker(settings: Settings) -> Broker:
     from .redis import RedisBroker
 
     return RedisBroker(
-        settings.broker_url, history=settings.history, job_retention=settings.job_retention
+        settings.broker_url,
+        history=settings.history,
+        job_retention=settings.job_retention,
+        wait_replicas=settings.redis_wait_replicas,
     )

@@ -6,10 +6,10 @@ Cost is per process, not per client: one reader connection follows the stream wi
 small bounded pool serves publishes and replays. (flask-sse opens a pub/sub connection per
 browser instead, and runs out of connections at scale.)
 
-Each entry holds its channel, its frame encoded once without an id, and the *epoch*: a
-token stored in Redis beside the stream and drawn afresh when Redis has lost it (a restart
-without persistence). Event ids are ``<epoch>-<stream id>``, so an id from a Redis that has
-since lost its data is recognised as unknown and answered with ``event: missed``.
+The stream's layout, its scripts and its ids are in :mod:`.redis_stream`: an id carries
+the *epoch*, drawn afresh when Redis has lost data or is not the Redis that wrote it (a
+restart, a failover), so that a resume from before is answered with ``event: missed``.
+Behind Sentinel (:mod:`.redis_connect`) the pool and the reader follow a failover.
 
 Deliberate divergences:
 
@@ -17,24 +17,50 @@ Deliberate divergences:
   entries so that a reader briefly behind does not lose live events; so somewhat more than
   ``SSE_HISTORY`` events may be retained, and replayed.
 - Needs Redis 7 or later, for ``XINFO STREAM``'s ``max-deleted-entry-id``, which tells
-  exactly whether a resumed id has been trimmed away.
+  whether an entry after a resumed id was removed with ``XDEL``. Trimming does not move it:
+  each entry records instead the id generated just before it, so that a trimmed id is held
+  only if it directly precedes the oldest retained entry. Redis keeps only the greatest id
+  ever deleted, so after an ``XDEL`` every resume from before that id is told ``missed``.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import math
 import os
-import re
 import secrets
 import threading
 import time
 import typing as t
 
-from ..errors import BrokerUnavailable
-from ..events import Event, encode_event, prefix_id
+from ..errors import BrokerUnavailable, NotReplicated
 from ..metrics import metrics
 from .fanout import JOB_ENDED, Fanout, Subscription
+from .redis_connect import connect, mask_url
+from .redis_stream import (
+    CANCEL,
+    EPOCH_KEY,
+    HISTORY,
+    JOB_KEY,
+    LAST_KEY,
+    PUBLISH,
+    PUBLISH_JOB,
+    REPLICATION_KEY,
+    RUNNING_JOB_SECONDS,
+    STREAM_KEY,
+    Entry,
+    Position,
+    as_text,
+    entry_frame,
+    format_id,
+    missed_frame,
+    parse_id,
+    position_before,
+    predecessor,
+    range_after,
+)
 
 if t.TYPE_CHECKING:
     import redis as _redis
@@ -43,108 +69,113 @@ __all__ = ["RedisBroker"]
 
 log = logging.getLogger("sse_flask")
 
-STREAM_KEY = "sse_flask:events"
-EPOCH_KEY = "sse_flask:epoch"
 _MIN_RETAINED = 100
 _BLOCK_MS = 1000
+#: Deliveries the reader remembers (and entries it looks through) to go on after a stream
+#: that went back.
+_REMEMBERED = 500
 _POOL_SIZE = 8
-_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
-_MAX_PART = 2**64 - 1  # both parts of a stream id are unsigned 64-bit
-
-# Get or create the epoch, and append, in one step: no publish can slip between a Redis
-# restart and the new epoch.
-_PUBLISH = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[2], epoch)
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'c', ARGV[2], 'e', epoch, 'f', ARGV[4])
-return {epoch, id}
-"""
-
-# A job's event: appended to the stream every worker follows (for live delivery) and, with
-# the same id, to the job's own stream, kept until SSE_JOB_RETENTION after the job's last
-# event whatever the main stream's trimming. The last one is marked 'x', so that every
-# worker ends the job's streams after it; the job's state key says whether it has ended.
-_PUBLISH_JOB = """
-local epoch = redis.call('GET', KEYS[2])
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[2], epoch)
-end
-local fields = {'c', ARGV[2], 'e', epoch, 'f', ARGV[4]}
-if ARGV[5] == '1' then
-  table.insert(fields, 'x')
-  table.insert(fields, '1')
-  redis.call('SET', KEYS[4], 'ended', 'EX', ARGV[6])
-else
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-redis.call('XADD', KEYS[3], id, unpack(fields))
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-return {epoch, id}
-"""
-#: The keys of a job, after this prefix and its channel: its events, and its state.
-JOB_KEY = "sse_flask:job:"
-#: Seconds a running job's keys outlive its latest event (a job whose worker died).
-RUNNING_JOB_SECONDS = 86400
-#: The channel of the main stream's entries that cancel a job (its channel in ``f``); no
-#: stream can listen to it, since it is not a valid channel name.
-_CANCEL = "#cancel"
-
-Position = tuple[int, int]
-#: One entry of the stream as redis-py returns it: (stream id, fields).
-_Entry = tuple[bytes, dict[bytes, bytes]]
+#: Milliseconds a publish waits for ``SSE_REDIS_WAIT_REPLICAS`` replicas to confirm it.
+_WAIT_MS = 1000
 
 
 class RedisBroker:
     """Publish through Redis and fan out to this process's streams.
 
-    :param url: a ``redis://``, ``rediss://`` or ``unix://`` URL.
+    :param url: a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, as redis-py reads
+        them; or ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``,
+        which asks those Sentinels for the primary of ``service`` and follows it when it
+        fails over (the password is the primary's; a port defaults to 26379).
     :param history: events to retain for ``Last-Event-ID`` resume.
+    :param wait_replicas: with more than 0, a publish returns only once that many replicas
+        have the event (``WAIT``), so that it survives a failover; else it raises
+        :class:`~sse_flask.errors.NotReplicated` after a second.
+    :raises ConfigError: if a ``redis+sentinel://`` URL does not have that shape.
     """
 
     name = "redis"
 
-    def __init__(self, url: str, *, history: int, job_retention: float = 300) -> None:
+    def __init__(
+        self, url: str, *, history: int, job_retention: float = 300, wait_replicas: int = 0
+    ) -> None:
         try:
-            import redis
+            import redis  # noqa: F401 (a missing extra fails here, naming its fix)
         except ImportError:
-            raise RuntimeError("SSE_BROKER_URL names Redis, which needs: pip install 'sse-flask[redis]'") from None
+            raise RuntimeError(
+                "SSE_BROKER_URL names Redis, which needs: pip install 'sse-flask[redis]'"
+            ) from None
         self.url = url
         self.published = 0
         self._maxlen = max(history, _MIN_RETAINED)
         self._fanout = Fanout()
         self._cursor: Position | None = None
+        #: The reader's last deliveries, to find where to go on after a stream that went back.
+        self._delivered: collections.deque[Position] = collections.deque(maxlen=_REMEMBERED)
         self._reader_pid: int | None = None
         self._closing = False
-        self._pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=_POOL_SIZE, timeout=5, socket_connect_timeout=2, socket_timeout=5
-        )
-        self._redis = redis.Redis(connection_pool=self._pool)
-        self._publish = self._redis.register_script(_PUBLISH)
-        self._publish_job = self._redis.register_script(_PUBLISH_JOB)
+        self._wait_replicas = wait_replicas
+        #: For the epoch script: whether every publish of ours waits for a replica.
+        self._replicated = "1" if wait_replicas else "0"
+        self._redis = connect(url, pool_size=_POOL_SIZE, socket_connect_timeout=2, socket_timeout=5)
+        self._publish = self._redis.register_script(PUBLISH)
+        self._history = self._redis.register_script(HISTORY)
+        self._publish_job = self._redis.register_script(PUBLISH_JOB)
         self._job_seconds = max(1, math.ceil(job_retention))
         #: What cancels each job running in this process, by channel.
         self._cancels: dict[str, t.Callable[[], None]] = {}
         self._reader: _redis.Redis | None = None
+        try:
+            self.ping()
+        except BrokerUnavailable as e:
+            # Start all the same (Redis may come up after the app): publishes answer 503
+            # and streams wait with heartbeats until it does; but say so now, not at the
+            # first request.
+            log.warning("%s; starting anyway: publishes answer 503 until it answers", e)
 
     def publish(self, channel: str, frame: bytes) -> str:
         """Append ``frame`` to the stream; every worker's reader delivers it."""
-        import redis
-
-        try:
-            epoch, stream_id = self._publish(
-                keys=[STREAM_KEY, EPOCH_KEY], args=[self._maxlen, channel, secrets.token_hex(4), frame]
-            )
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
+        event_id = self._append(self._publish, [], [channel, frame], "publish to")
         self.published += 1
-        return f"{epoch.decode()}-{stream_id.decode()}"
+        return event_id
 
-    def subscribe(self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int) -> Subscription:
+    def _append(
+        self,
+        script: t.Any,
+        keys: list[str],
+        args: list[str | int | bytes],
+        what: str,
+    ) -> str:
+        """Run ``script`` (:data:`PUBLISH` or :data:`PUBLISH_JOB`) with the epoch's keys and
+        arguments before ``keys`` and ``args``; return the event's id, once
+        ``SSE_REDIS_WAIT_REPLICAS`` replicas have it.
+
+        :raises BrokerUnavailable: if Redis cannot be reached: nothing was sent.
+        :raises NotReplicated: if the replicas did not confirm it in time.
+        """
+        keys = [STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY, *keys]
+        args = [secrets.token_hex(4), self._replicated, self._maxlen, *args]
+        with self._reaching(what):
+            if not self._wait_replicas:
+                epoch, stream_id = script(keys=keys, args=args)
+            else:
+                # WAIT counts the writes of its own connection: one pipeline, one connection.
+                with self._redis.pipeline(transaction=False) as pipe:
+                    script(keys=keys, args=args, client=pipe)
+                    pipe.wait(self._wait_replicas, _WAIT_MS)
+                    (epoch, stream_id), replicas = pipe.execute()
+        event_id = f"{epoch.decode()}-{stream_id.decode()}"
+        if self._wait_replicas and replicas < self._wait_replicas:
+            raise NotReplicated(
+                f"event {event_id} was written to Redis at {self._safe_url()}, but only"
+                f" {replicas} of {self._wait_replicas} replicas (SSE_REDIS_WAIT_REPLICAS)"
+                f" confirmed it within {_WAIT_MS} ms: it may have been delivered, and may be lost"
+                " if Redis fails over"
+            )
+        return event_id
+
+    def subscribe(
+        self, channels: t.Sequence[str], last_event_id: str | None, *, queue_size: int
+    ) -> Subscription:
         """Subscribe, replaying from Redis what followed ``last_event_id``.
 
         The history is read first, up to the stream's last entry L at that moment; then the
@@ -155,7 +186,7 @@ class RedisBroker:
         """
         self._start_reader()
         missed: bytes | None = None
-        replay: list[_Entry] = []
+        replay: list[Entry] = []
         upto = None
         if last_event_id is not None and not self._fanout.closed:
             missed, replay, upto = self._history_after(last_event_id)
@@ -179,68 +210,48 @@ class RedisBroker:
     def publish_job(self, channel: str, frame: bytes, *, last: bool = False) -> str:
         """Append ``frame`` to the main stream and to the job's own; after the ``last``
         one the job's keys expire ``SSE_JOB_RETENTION`` seconds later."""
-        import redis
-
         if last:
             self._cancels.pop(channel, None)
-        keys = [STREAM_KEY, EPOCH_KEY, JOB_KEY + channel, JOB_KEY + channel + ":state"]
         ttl = self._job_seconds if last else RUNNING_JOB_SECONDS
-        try:
-            epoch, stream_id = self._publish_job(
-                keys=keys,
-                args=[self._maxlen, channel, secrets.token_hex(4), frame, "1" if last else "", ttl],
-            )
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot publish to Redis at {self._safe_url()}: {e}") from e
+        event_id = self._append(
+            self._publish_job,
+            [JOB_KEY + channel, JOB_KEY + channel + ":state"],
+            [channel, frame, "1" if last else "", ttl],
+            "publish to",
+        )
         self.published += 1
-        return f"{epoch.decode()}-{stream_id.decode()}"
+        return event_id
 
     def subscribe_job(
         self, channel: str, last_event_id: str | None, *, queue_size: int
     ) -> Subscription | None:
         """Subscribe to the job ``channel``, replaying its own stream (read with the main
         stream's last position in one snapshot, then registered as :meth:`subscribe` does)."""
-        import redis
-
         self._start_reader()
         if self._fanout.closed:
             return self._register([channel], queue_size, None, [], None)
-        try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.get(JOB_KEY + channel + ":state")
-                pipe.set(EPOCH_KEY, secrets.token_hex(4), nx=True, get=True)
-                pipe.xrange(JOB_KEY + channel, "-", "+")
-                pipe.xinfo_stream(STREAM_KEY)
-                state, epoch, entries, info = pipe.execute()
-        except redis.RedisError as e:
-            raise BrokerUnavailable(
-                f"cannot read the job from Redis at {self._safe_url()}: {e}"
-            ) from e
+        with self._reaching("read the job from"), self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(JOB_KEY + channel + ":state")
+            pipe.set(EPOCH_KEY, secrets.token_hex(4), nx=True, get=True)
+            pipe.xrange(JOB_KEY + channel, "-", "+")
+            pipe.xinfo_stream(STREAM_KEY)
+            state, epoch, entries, info = pipe.execute()
         if state is None:
             return None
-        upto = _parse(_text(info["last-generated-id"])) or (0, 0)
-        entries = t.cast("list[_Entry]", entries)
+        upto = parse_id(as_text(info["last-generated-id"])) or (0, 0)
+        entries = t.cast("list[Entry]", entries)
         missed = None
         if last_event_id is not None:
             given_epoch, _, stream_id = last_event_id.partition("-")
             known = epoch is not None and given_epoch == epoch.decode()
-            after = _parse(stream_id) if known else None
+            after = parse_id(stream_id) if known else None
             if after is None:
-                first = entries[0][0].decode() if entries else None
-                current = f"{epoch.decode()}-" if epoch is not None else ""
-                missed = encode_event(
-                    Event(
-                        data={
-                            "last_event_id": last_event_id,
-                            "oldest_retained": current + first if first else None,
-                        },
-                        event="missed",
-                        id=current + _format(_before(_parse(first) or upto) if first else upto),
-                    )
-                )
+                first = parse_id(entries[0][0].decode()) if entries else None
+                resume = position_before(first) if first else upto
+                missed = missed_frame(last_event_id, as_text(epoch or b""), first, resume)
             else:
                 entries = [
-                    entry for entry in entries if (_parse(entry[0].decode()) or (0, 0)) > after
+                    entry for entry in entries if (parse_id(entry[0].decode()) or (0, 0)) > after
                 ]
         subscription = self._register([channel], queue_size, missed, entries, upto)
         # The replay has the job's last event if it ended before the reader delivered it here.
@@ -253,24 +264,14 @@ class RedisBroker:
     def cancel_job(self, channel: str) -> None:
         """Append an entry to the main stream that tells every worker's reader to cancel
         the job ``channel``; the one running it does."""
-        import redis
-
-        try:
-            self._publish(
-                keys=[STREAM_KEY, EPOCH_KEY],
-                args=[self._maxlen, _CANCEL, secrets.token_hex(4), channel],
-            )
-        except redis.RedisError as e:
-            raise BrokerUnavailable(
-                f"cannot cancel a job through Redis at {self._safe_url()}: {e}"
-            ) from e
+        self._append(self._publish, [], [CANCEL, channel], "cancel a job through")
 
     def _register(
         self,
         channels: t.Sequence[str],
         queue_size: int,
         missed: bytes | None,
-        replay: list[_Entry],
+        replay: list[Entry],
         upto: Position | None,
     ) -> Subscription:
         """Register a subscription that resumes with ``replay``, read up to ``upto``: the
@@ -287,14 +288,16 @@ class RedisBroker:
                 subscription.skip_until = upto
         if upto is not None and cursor is not None and cursor > upto:
             try:
-                replay.extend(self._entries(_after(upto), _format(cursor)))
+                replay.extend(self._entries(range_after(upto), format_id(cursor)))
             except BrokerUnavailable:
                 subscription.close()
                 raise
         wanted = set(subscription.channels)
         subscription.missed = missed is not None
         subscription.replay = ([missed] if missed else []) + [
-            _frame(stream_id, fields) for stream_id, fields in replay if fields[b"c"].decode() in wanted
+            entry_frame(stream_id, fields)
+            for stream_id, fields in replay
+            if fields[b"c"].decode() in wanted
         ]
         return subscription
 
@@ -302,12 +305,9 @@ class RedisBroker:
         return self._fanout.stats(backend=self.name, published=self.published)
 
     def ping(self) -> None:
-        import redis
 
-        try:
+        with self._reaching("reach"):
             self._redis.ping()
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot reach Redis at {self._safe_url()}: {e}") from e
 
     def stop_publishing(self) -> None:
         """Nothing to refuse: what is published goes to Redis, where the next workers read it."""
@@ -316,54 +316,46 @@ class RedisBroker:
         """End every subscription; the reader stops within one ``XREAD`` block."""
         self._closing = True
         self._fanout.close_all()
-        self._pool.disconnect()
+        self._redis.connection_pool.disconnect()
 
-    def _history_after(self, last_event_id: str) -> tuple[bytes | None, list[_Entry], Position]:
+    def _history_after(self, last_event_id: str) -> tuple[bytes | None, list[Entry], Position]:
         """A ``missed`` frame if ``last_event_id`` is unknown or trimmed away (``None`` if
         not), the retained entries after it (all of them after a ``missed``), and the
-        stream's last position they cover."""
-        import redis
+        stream's last position they cover.
 
+        An id is *held* only if this stream issued it and nothing after it is gone: it is
+        still retained, or it is the predecessor of the first retained entry after it, or
+        it is the last id generated; and no entry after it was deleted. Any
+        other id (trimmed further back, never issued here, from a primary that failed over
+        before replicating it) gets ``missed``: Redis cannot vouch for what followed it.
+        """
         epoch, _, stream_id = last_event_id.partition("-")
-        after = _parse(stream_id)
-        candidate = secrets.token_hex(4)
-        try:
-            # One atomic snapshot: the epoch (created if Redis has none yet, so that the
-            # missed frame's id has one), what has been trimmed, and what followed the id.
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(EPOCH_KEY, candidate, nx=True, get=True)
-                pipe.xinfo_stream(STREAM_KEY)
-                if after is not None:
-                    pipe.xrange(STREAM_KEY, _after(after), "+")
-                answers = pipe.execute(raise_on_error=False)
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
-        current_epoch = answers[0].decode() if answers[0] else candidate
-        info = answers[1] if not isinstance(answers[1], Exception) else {}
-        deleted = _parse(_text(info.get("max-deleted-entry-id", b"0-0"))) or (0, 0)
-        last = _parse(_text(info.get("last-generated-id", b"0-0"))) or (0, 0)
-        if epoch == current_epoch and after is not None and deleted <= after <= last:
-            if isinstance(answers[2], Exception):
-                raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {answers[2]}")
-            return None, list(answers[2]), last
-        entries = self._entries("-", _format(last))
-        first = _parse(entries[0][0].decode()) if entries else None
-        missed = Event(
-            data={"last_event_id": last_event_id, "oldest_retained": f"{current_epoch}-{_format(first)}" if first else None},
-            event="missed",
-            # Resuming after this id replays everything retained now: the position before
-            # the first entry, or, with none, the last position.
-            id=f"{current_epoch}-{_format(_before(first) if first else last)}",
-        )
-        return encode_event(missed), entries, last
+        after = parse_id(stream_id)
+        with self._reaching("read the history from"):
+            answer = self._history(
+                keys=[STREAM_KEY, EPOCH_KEY, LAST_KEY, REPLICATION_KEY],
+                args=[secrets.token_hex(4), self._replicated, format_id(after) if after else ""],
+            )
+        current_epoch = answer[0].decode()
+        last = parse_id(answer[1].decode()) or (0, 0)
+        deleted = parse_id(answer[2].decode()) or (0, 0)
+        if epoch == current_epoch and after is not None and deleted <= after:
+            held = [(entry, dict(zip(fields[::2], fields[1::2]))) for entry, fields in answer[3]]
+            if held and parse_id(held[0][0].decode()) == after:
+                return None, held[1:], last
+            if (held and predecessor(held[0]) == after) or (not held and after == last):
+                return None, held, last
+        entries = self._entries("-", format_id(last))
+        first = parse_id(entries[0][0].decode()) if entries else None
+        # Resuming after the notice replays everything retained now: with none, the last
+        # position; else the predecessor of the first entry, held by the rule above.
+        resume = predecessor(entries[0]) if entries else last
+        return missed_frame(last_event_id, current_epoch, first, resume), entries, last
 
-    def _entries(self, start: str, end: str) -> list[_Entry]:
-        import redis
+    def _entries(self, start: str, end: str) -> list[Entry]:
 
-        try:
-            return t.cast("list[_Entry]", self._redis.xrange(STREAM_KEY, start, end))
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"cannot read the history from Redis at {self._safe_url()}: {e}") from e
+        with self._reaching("read the history from"):
+            return t.cast("list[Entry]", self._redis.xrange(STREAM_KEY, start, end))
 
     def _start_reader(self) -> None:
         """Start this process's reader on first use (and again after a fork)."""
@@ -378,11 +370,11 @@ class RedisBroker:
 
         # A client of its own, used by the reader alone: one connection, made on first use
         # (so that starting while Redis is down does not fail).
-        self._reader = redis.Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5)
-        try:
+        self._reader = connect(
+            self.url, pool_size=None, socket_connect_timeout=2, socket_timeout=_BLOCK_MS / 1000 + 5
+        )
+        with contextlib.suppress(redis.RedisError):  # the reader finds the end once Redis answers
             self._follow_from_end()
-        except redis.RedisError:
-            pass  # the reader finds the end once Redis answers
         threading.Thread(target=self._read, name="sse-flask redis reader", daemon=True).start()
 
     def _read(self) -> None:
@@ -396,8 +388,10 @@ class RedisBroker:
             try:
                 cursor = self._cursor if self._cursor is not None else self._follow_from_end()
                 response = self._reader.xread(
-                    {STREAM_KEY: _format(cursor)}, count=500, block=_BLOCK_MS
+                    {STREAM_KEY: format_id(cursor)}, count=500, block=_BLOCK_MS
                 )
+                if not response:
+                    self._rewind()
             except redis.RedisError as e:
                 if self._closing:
                     return
@@ -407,18 +401,23 @@ class RedisBroker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             if backoff != 0.05:
-                log.warning("reconnected to Redis at %s", self._safe_url())
+                log.info("reconnected to Redis at %s", self._safe_url())
                 backoff = 0.05
             fanout_seconds = metrics().fanout_seconds
-            for _, entries in t.cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", response or []):
+            for _, entries in t.cast(
+                "list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", response or []
+            ):
                 for stream_id, fields in entries:
                     with self._fanout.lock:
                         started = time.perf_counter()
-                        position = _parse(stream_id.decode())
+                        position = parse_id(stream_id.decode()) or (0, 0)
                         self._cursor = position
-                        self._fanout.deliver(fields[b"c"].decode(), _frame(stream_id, fields), position)
+                        self._delivered.append(position)
+                        self._fanout.deliver(
+                            fields[b"c"].decode(), entry_frame(stream_id, fields), position
+                        )
                     fanout_seconds.observe(time.perf_counter() - started)
-                    if b"x" in fields or fields[b"c"] == _CANCEL.encode():
+                    if b"x" in fields or fields[b"c"] == CANCEL.encode():
                         self._job_entry(fields)
         self._reader.close()
 
@@ -436,13 +435,36 @@ class RedisBroker:
     def _job_entry(self, fields: dict[bytes, bytes]) -> None:
         """A job's last event (its streams end) or a request to cancel one (the process
         running it cancels it)."""
-        if fields[b"c"] == _CANCEL.encode():
+        if fields[b"c"] == CANCEL.encode():
             on_cancel = self._cancels.get(fields[b"f"].decode())
             if on_cancel is not None:
                 on_cancel()
         else:
             with self._fanout.lock:
                 self._fanout.end_channel(fields[b"c"].decode(), JOB_ENDED)
+
+    def _rewind(self) -> None:
+        """Follow a stream that now ends before the last entry read.
+
+        That is a Redis restarted (without persistence, or with its last writes lost) or a
+        new primary that never had the newest entries; redis-py reconnects by itself, so
+        neither need surface as an error. The new entries may have lower ids than what was
+        read (a clock behind), and reading after the cursor would never reach them: the
+        reader goes back to the newest entry it delivered that the stream still has, or,
+        with none, to before the entries it has never delivered.
+        """
+        assert self._reader is not None and self._cursor is not None
+        if self._last_generated() >= self._cursor:
+            return
+        delivered = set(self._delivered)
+        newest = self._reader.xrevrange(STREAM_KEY, "+", "-", count=_REMEMBERED + 1)
+        ids = [entry_id for entry_id, _ in t.cast("list[Entry]", newest)]
+        positions = [parse_id(entry_id.decode()) or (0, 0) for entry_id in ids]
+        rewound = next((p for p in positions if p in delivered), None)
+        if rewound is None:
+            rewound = position_before(positions[-1]) if len(positions) > _REMEMBERED else (0, 0)
+        with self._fanout.lock:
+            self._cursor = rewound
 
     def _last_generated(self) -> Position:
         import redis
@@ -451,41 +473,18 @@ class RedisBroker:
             info = self._reader.xinfo_stream(STREAM_KEY) if self._reader else {}
         except redis.ResponseError:
             return (0, 0)
-        return _parse(_text(info["last-generated-id"])) or (0, 0)
+        return parse_id(as_text(info["last-generated-id"])) or (0, 0)
 
     def _safe_url(self) -> str:
         """The URL without its password, for messages."""
-        return re.sub(r"//[^@/]*@", "//***@", self.url)
+        return mask_url(self.url)
 
+    @contextlib.contextmanager
+    def _reaching(self, what: str) -> t.Iterator[None]:
+        """Raise :class:`BrokerUnavailable` for a Redis error, saying what could not be done."""
+        import redis
 
-def _frame(stream_id: bytes, fields: dict[bytes, bytes]) -> bytes:
-    return prefix_id(fields[b"f"], f"{fields[b'e'].decode()}-{stream_id.decode()}")
-
-
-def _text(value: t.Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _parse(stream_id: str) -> Position | None:
-    """The position of a Redis stream id, or ``None`` if it is not one Redis could issue."""
-    match = _STREAM_ID.fullmatch(stream_id)
-    if not match or int(match[1]) > _MAX_PART or int(match[2]) > _MAX_PART:
-        return None
-    return (int(match[1]), int(match[2]))
-
-
-def _after(position: Position) -> str:
-    """An XRANGE start just after ``position`` (Redis refuses an exclusive start at the
-    largest sequence of a millisecond, which ``_before`` produces)."""
-    milliseconds, sequence = position
-    return f"{milliseconds + 1}-0" if sequence == _MAX_PART else f"({milliseconds}-{sequence}"
-
-
-def _format(position: Position) -> str:
-    return f"{position[0]}-{position[1]}"
-
-
-def _before(position: Position) -> Position:
-    """The greatest stream id below ``position``."""
-    milliseconds, sequence = position
-    return (milliseconds, sequence - 1) if sequence else (milliseconds - 1, _MAX_PART)
+        try:
+            yield
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot {what} Redis at {self._safe_url()}: {e}") from e

@@ -14,6 +14,8 @@ import time
 import typing as t
 from pathlib import Path
 
+from harness import procs
+
 from .crowd import CrowdHandle, client_process, client_specs, stop_process
 from .launch import Sampler, Timeout, log, start_server, tracebacks
 from .ledger import COUNTERS
@@ -88,7 +90,11 @@ def run_broker(
         publisher.start()
         cleanup.callback(publisher.stop)
         run_started = time.monotonic()
-        schedule = [(0.4, "reload")] if kind == "memory" else [(0.3, "kill"), (0.6, "redis-stop")]
+        schedule = {
+            "memory": [(0.4, "reload")],
+            "redis": [(0.3, "kill"), (0.6, "redis-stop")],
+            "sentinel": [(0.4, "failover")],
+        }[kind]
         for fraction, fault in schedule:
             until(run_started + fraction * options.seconds, "the next fault")
             if fault == "reload":
@@ -99,8 +105,17 @@ def run_broker(
                 faults.append(
                     f"worker {victim} SIGKILLed at {time.monotonic() - run_started:.1f} s"
                 )
+            elif fault == "failover":
+                assert isinstance(redis, procs.Sentinels)
+                at = time.monotonic() - run_started
+                redis.fail_over()
+                faults.append(
+                    f"primary SIGKILLed at {at:.1f} s; the Sentinels promoted the replica, and the"
+                    " old primary, started again empty, replicated it"
+                    f" {time.monotonic() - run_started - at:.1f} s later"
+                )
             elif fault == "redis-stop":
-                assert redis is not None
+                assert isinstance(redis, procs.Redis)
                 at = time.monotonic() - run_started
                 redis.kill()
                 # A worker that starts while Redis is away (a crash, a max-requests restart)

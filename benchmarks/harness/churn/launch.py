@@ -25,18 +25,27 @@ class Timeout(Exception):
 
 def start_server(
     kind: str, options: argparse.Namespace, workdir: Path, cleanup: contextlib.ExitStack, name: str
-) -> tuple[procs.Gunicorn, procs.Redis | None]:
+) -> tuple[procs.Gunicorn, procs.Redis | procs.Sentinels | None]:
     """``sse-flask serve`` with the ``kind`` of broker: one worker with the in-process broker,
-    ``--workers`` sharing a fresh ``redis-server`` with Redis; ``cleanup`` stops them."""
-    redis = None
+    ``--workers`` sharing a fresh ``redis-server`` with Redis, or a primary and a replica behind
+    three Sentinels with ``sentinel`` (each publish waiting for the replica:
+    ``SSE_REDIS_WAIT_REPLICAS=1``); ``cleanup`` stops them."""
+    redis: procs.Redis | procs.Sentinels | None = None
+    if kind != "memory" and not shutil.which("redis-server"):
+        raise SystemExit(
+            "redis-server is not installed (apt-get install redis-server); use --broker memory"
+        )
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
     if kind == "redis":
-        if not shutil.which("redis-server"):
-            raise SystemExit(
-                "redis-server is not installed (apt-get install redis-server); use --broker memory"
-            )
         redis = procs.Redis(workdir / f"redis-{name}.log")
         redis.start()
         cleanup.callback(redis.stop)
+    elif kind == "sentinel":
+        directory = workdir / f"sentinel-{name}"
+        directory.mkdir(exist_ok=True)
+        redis = procs.Sentinels(directory)
+        cleanup.callback(redis.stop)
+        environ["SSE_REDIS_WAIT_REPLICAS"] = "1"
     workers = 1 if kind == "memory" else options.workers
     argv = [
         sys.executable,
@@ -50,7 +59,6 @@ def start_server(
     ]
     if redis is not None:
         argv += ["--broker", redis.url]
-    environ = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
     server = procs.Gunicorn(
         "sse-flask",
         argv,
