@@ -19,6 +19,8 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_preserve_defaults = True
 myst_heading_anchors = 3
+# The Pallets theme registers domains (click, jinja) that myst asks about every link.
+suppress_warnings = ["myst.domains"]
 
 html_theme = "flask"
 html_title = f"sse-flask Documentation ({version})"

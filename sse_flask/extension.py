@@ -57,6 +57,9 @@ class SSE:
 
         :raises ConfigError: if a setting has a value that is not allowed.
         :raises RuntimeError: if ``app`` already has an SSE extension.
+
+        .. versionchanged:: 0.2.0
+            ``/say`` is closed unless ``SSE_PUBLISH_TOKEN`` or ``SSE_OPEN_PUBLISH`` is set.
         """
         if "sse" in app.extensions:
             raise RuntimeError(
@@ -114,6 +117,8 @@ class SSE:
                 return sse.stream(generate_answer(request.get_json()["prompt"]))
 
         :raises RuntimeError: outside a request.
+
+        .. versionadded:: 0.2.0
         """
         state = self._state()
         return stream_items(items, settings=state.settings, slots=state, fanout=state.views)
@@ -139,6 +144,8 @@ class SSE:
 
         :raises RuntimeError: if the app has no ``SECRET_KEY`` (the token is signed with it).
         :raises BrokerUnavailable: if the broker cannot be reached: the job did not start.
+
+        .. versionadded:: 0.2.0
         """
         app = self._app()
         state = t.cast(AppState, app.extensions["sse"])
@@ -162,6 +169,8 @@ class SSE:
 
         :raises InvalidChannel: if ``channel`` is not a job's.
         :raises BrokerUnavailable: if the broker cannot be reached.
+
+        .. versionadded:: 0.2.0
         """
         if not is_job(check_channel(channel)):
             raise InvalidChannel(

@@ -1,5 +1,6 @@
 """What the in-process broker keeps across a worker SIGKILL: nothing of its history, and it
-says so. README's table of what each broker guarantees across which faults points here."""
+says so. The table of what each broker guarantees across which faults (docs/deployment.md)
+points here."""
 
 from __future__ import annotations
 
