@@ -27,7 +27,8 @@ from conftest import wait_until
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from sse_flask.broker import Broker, MemoryBroker, Subscription
-from sse_flask.broker.redis import STREAM_KEY, RedisBroker
+from sse_flask.broker.redis import RedisBroker
+from sse_flask.broker.redis_stream import STREAM_KEY
 from sse_flask.events import Event, encode_event
 
 

@@ -32,7 +32,8 @@ from helpers.retry import say_until_answered
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sse_flask.broker.redis import STREAM_KEY, RedisBroker
+from sse_flask.broker.redis import RedisBroker
+from sse_flask.broker.redis_stream import STREAM_KEY
 from sse_flask.errors import BrokerUnavailable
 from sse_flask.events import Event, encode_event
 

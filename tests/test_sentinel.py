@@ -18,7 +18,7 @@ from conftest import RedisServer, Server, StreamClient, free_port, need, wait_un
 from helpers.proxy import Proxy
 from helpers.retry import say_until_answered
 
-from sse_flask.broker.redis import STREAM_KEY
+from sse_flask.broker.redis_stream import STREAM_KEY
 
 pytestmark = pytest.mark.redis
 
