@@ -40,7 +40,8 @@ How deliveries are counted, per client:
 - duplicated: an event id received twice. Shown apart, those resent in the replay that follows
   a missed notice (the resume id was unknown where the client reconnected). A sequence number
   received under two ids is "republished" instead when its publish was sent more than once (an
-  attempt that got no answer, or an error, may still have been accepted);
+  attempt that got no answer may still have been accepted); one whose attempt was answered
+  "nothing was sent" is reported as an error, since that answer was wrong;
 - out of order: a sequence number, first received, lower than one received before it;
 - lost: expected and never received, and not announced: an ``event: missed`` notice (the
   contract's answer to a resume id the broker cannot continue from: a restarted in-process

@@ -477,7 +477,9 @@ def _publish_through(
             or any(c.opened_at > stopped and c.replayed for c in connections)
             for connections in clients.history
         ),
-        30,
+        # Workers recycle every 50 requests meanwhile, each booting anew (slower still under
+        # coverage): a deadline for the harness, not a bound the contract states.
+        60,
         "every stream to resume after the last publish",
     )
     log = server.log()

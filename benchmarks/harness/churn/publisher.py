@@ -26,6 +26,10 @@ class Publisher(threading.Thread):
         self.failures: collections.Counter[str] = collections.Counter()
         #: The first few error answers, as they came.
         self.errors: list[str] = []
+        #: Sequence numbers of which an attempt was answered "nothing was sent": if such an
+        #: event arrives under two ids, the server's answer was wrong. (An attempt with no
+        #: answer, a worker killed mid-request, may have been accepted: a retry of it is not.)
+        self.refused: set[int] = set()
         #: The last sequence number of the run proper; later ones only drain.
         self.last_of_run: int | None = None
         self.run_over = threading.Event()
@@ -77,6 +81,8 @@ class Publisher(threading.Thread):
                 self.sent_at[sequence] = sent
                 return
             self.failures[str(response.status)] += 1
+            if "nothing was sent" in body_text:
+                self.refused.add(sequence)
             if len(self.errors) < 5:
                 self.errors.append(f"{response.status} {body_text[:200]}")
             self._stopping.wait(0.05)
