@@ -56,6 +56,8 @@ TOKEN = "fuzz-Tok.3f9a"
 AUTH = f"Bearer {TOKEN}"
 WITNESS = "witness"
 MAX_DATA = 65536  # the default SSE_MAX_DATA_BYTES, which this server keeps
+#: Channels that need a subscribe token: the default SSE_PRIVATE_PREFIXES, and jobs'.
+PRIVATE_PREFIXES = ("user:", "job:")
 CHANNEL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_.:@-")
 #: What gunicorn itself answers to malformed HTTP, before the app sees a request.
 GUNICORN_REFUSALS = {400, 414, 417, 431}
@@ -232,8 +234,8 @@ def publish_verdict(data: t.Any, event: t.Any, channel: t.Any) -> Verdict:
         channel is not None and not isinstance(channel, str)
     ):
         return bad
-    if channel is not None and not valid_channel(channel):
-        return bad
+    if channel is not None and (not valid_channel(channel) or channel.startswith("job:")):
+        return bad  # only a job publishes to its channel
     if event is not None and (event == "" or any(c in event for c in "\r\n\0") or not utf8(event)):
         return bad
     if isinstance(data, str):
@@ -862,8 +864,15 @@ def events_case(
     )
     answer, first = open_stream(fuzz.server.port, build("GET", target, headers))
     decoded = [value for name, value in query_pairs(target.partition("?")[2]) if name == "channel"]
-    # Any resume id is answered with a stream: replay after it, or ``event: missed`` first.
-    verdict = Verdict(frozenset({200 if all(valid_channel(name) for name in decoded) else 400}))
+    # Any resume id is answered with a stream: replay after it, or ``event: missed`` first;
+    # but a private channel (the demo's ``user:``, or a job's) needs a token this case lacks.
+    if not all(valid_channel(name) for name in decoded):
+        status = 400
+    elif any(name.startswith(PRIVATE_PREFIXES) for name in decoded):
+        status = 403
+    else:
+        status = 200
+    verdict = Verdict(frozenset({status}))
     fuzz.check_stream(test, answer, first, verdict)
 
 
