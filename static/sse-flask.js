@@ -608,12 +608,17 @@
   }
 
   /**
-   * A subscription to one or more channels; use SSEFlask.connect(options).
-   * @typedef {ConnectOptions & {view?: boolean}} ClientOptions connect()'s, and whether it
-   *   is a view's own stream
-   * @typedef {{method: string, body: BodyInit | null | undefined, headers: Record<string, string>}}
-   *   ViewRequest the request that opens a view's own stream
+   * connect()'s options, and whether it is a view's own stream.
+   * @typedef {ConnectOptions & {view?: boolean}} ClientOptions
    */
+
+  /**
+   * The request that opens a view's own stream.
+   * @typedef {{method: string, body: BodyInit | null | undefined, headers: Record<string, string>}}
+   *   ViewRequest
+   */
+
+  /** A subscription to one or more channels; use SSEFlask.connect(options). */
   class Client {
     /** @type {Map<string, Handler[]>} */
     #handlers = new Map();
@@ -791,7 +796,7 @@
           this.#receive(data);
         }
       };
-      /** @type {LockManager} */ (scope.navigator.locks)
+      scope.navigator.locks
         .request(name, { signal: abort.signal }, () => {
           if (this.#closed) { return null; }
           // Elected: open the stream from the last event this tab saw, so that nothing
@@ -805,9 +810,11 @@
             // Refused for good (a 403, say): let the next tab try; it will say the same, or not.
             if (out.kind === "state" && out.state === "closed" && release) { release(); }
           });
-          return new Promise((/** @type {(value?: unknown) => void} */ resolve) => {
+          /** @type {Promise<void>} the lock is held until release() settles it */
+          const held = new Promise((resolve) => {
             release = resolve;
           });
+          return held;
         })
         .catch(() => {
           // Aborted: this tab closed before it was elected.
