@@ -3,31 +3,110 @@
 // opened with a signed token that expires and is renewed; and an answer, streamed from a
 // job, that resumes after a drop. Data is always inserted as text,
 // never as HTML. Add ?share=leader (or worker, none) to the address to choose how tabs share.
-(function () {
+(() => {
   "use strict";
-  var urls = document.currentScript.dataset;
-  var params = new URLSearchParams(location.search);
-  var MAX_SHOWN = 500;
-  var MODES = {
+  const urls = document.currentScript.dataset;
+  const params = new URLSearchParams(location.search);
+  const MAX_SHOWN = 500;
+  const MODES = {
     worker: "shared by all tabs (SharedWorker)",
     leader: "shared by all tabs; this tab holds it",
     follower: "shared by all tabs; another tab holds it",
-    direct: "this tab's own"
+    direct: "this tab's own",
   };
 
-  var $ = document.getElementById.bind(document);
-  var statusEl = $("status");
-  var detailEl = $("status-detail");
-  var list = $("messages");
-  var sayForm = $("say");
-  var listenForm = $("listen");
-  var formError = $("form-error");
-  var shown = new Set();          // ids on the list: a resumed stream never shows one twice
-  var client = null;
+  const $ = document.getElementById.bind(document);
+  const statusEl = $("status");
+  const detailEl = $("status-detail");
+  const sayForm = $("say");
+  const listenForm = $("listen");
+  const formError = $("form-error");
+  let client = null;
+
+  // ---------------------------------------------------------------- the lists
+
+  // A list of events, newest first, each id once (a resumed stream never shows one twice),
+  // at most MAX_SHOWN, with its count; the messages' and the inbox's. `inUse` says whether
+  // the empty list's hint shows.
+  class Feed {
+    constructor(prefix, inUse = () => true) {
+      this.list = $(`${prefix}messages`);
+      this.count = $(`${prefix}count`);
+      this.empty = $(`${prefix}empty`);
+      this.inUse = inUse;
+      this.shown = new Set();
+    }
+
+    // Show an event at the top, unless it is on the list already: whether it was shown.
+    show(data, event) {
+      if (event.id && this.shown.has(event.id)) { return false; }
+      if (event.id) { this.shown.add(event.id); }
+      this.list.prepend(render(data, event));
+      while (this.list.children.length > MAX_SHOWN) {
+        this.shown.delete(this.list.lastElementChild.dataset.id);
+        this.list.lastElementChild.remove();
+      }
+      this.updateCount();
+      return true;
+    }
+
+    // Empty the list; forget: and the ids shown, for another stream's events.
+    clear(forget = false) {
+      this.list.replaceChildren();
+      if (forget) { this.shown.clear(); }
+      this.updateCount();
+    }
+
+    updateCount() {
+      this.count.textContent = String(this.list.children.length);
+      this.empty.hidden = !this.inUse() || this.list.children.length > 0;
+    }
+  }
+
+  // One message as a list item: its time, type and id, then its data, all as text.
+  function render(data, event) {
+    const item = document.createElement("li");
+    item.className = "message " + (event.type === "message" ? "" : "typed ") +
+      (event.type === "missed" ? "missed" : "");
+    item.dataset.type = event.type;
+    item.dataset.id = event.id || "";
+
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const time = document.createElement("time");
+    const now = new Date();
+    time.dateTime = now.toISOString();
+    time.textContent = now.toLocaleTimeString();
+    const type = document.createElement("span");
+    type.className = "type";
+    type.textContent = event.type;
+    const id = document.createElement("span");
+    id.className = "id";
+    id.textContent = `id ${event.id || "none"}`;
+    meta.append(time, type, id);
+
+    const body = document.createElement("pre");
+    body.className = "data";
+    body.textContent = event.data;
+    item.append(meta, body);
+    if (event.type === "missed") {
+      const note = document.createElement("p");
+      note.className = "note";
+      const since = data.last_event_id || "then";
+      note.textContent = `The server no longer holds every event since ${since}` +
+        " (it restarted, or they were too many): what it kept follows.";
+      item.insertBefore(note, body);
+    }
+    return item;
+  }
+
+  // ---------------------------------------------------------------- the messages
+
+  const messages = new Feed("");
 
   function setStatus(state, detail) {
     statusEl.textContent = state;
-    statusEl.className = "status " + state;
+    statusEl.className = `status ${state}`;
     detailEl.textContent = describe(state, detail || {});
     $("mode").textContent = client ? MODES[client.mode] || "–" : "–";
     $("mode").dataset.mode = client ? client.mode : "";
@@ -37,8 +116,10 @@
 
   function describe(state, detail) {
     if (state === "open" || state === "connecting" && !detail.error) { return ""; }
-    var text = detail.error || (detail.attempt > 1 ? "attempt " + detail.attempt : "");
-    if (detail.retryIn != null) { text += (text ? "; " : "") + "retrying in " + (detail.retryIn / 1000).toFixed(1) + " s"; }
+    let text = detail.error || (detail.attempt > 1 ? `attempt ${detail.attempt}` : "");
+    if (detail.retryIn != null) {
+      text += `${text ? "; " : ""}retrying in ${(detail.retryIn / 1000).toFixed(1)} s`;
+    }
     return text;
   }
 
@@ -46,9 +127,9 @@
     if (client) { client.close(); }
     client = SSEFlask.connect({
       url: urls.events,
-      channels: channels,
+      channels,
       share: params.get("share") || "auto",
-      onstate: setStatus
+      onstate: setStatus,
     });
     client.on("*", show);
     $("say-channel").placeholder = client.channels[0];
@@ -56,118 +137,69 @@
     setStatus(client.state, client.detail);
     // Keep the channels in the address, so that a reload or a shared link listens the same.
     params.delete("channel");
-    client.channels.forEach(function (name) { params.append("channel", name); });
-    history.replaceState(null, "", "?" + params.toString());
+    client.channels.forEach((name) => params.append("channel", name));
+    history.replaceState(null, "", `?${params}`);
   }
 
   function show(data, event) {
-    if (event.id && shown.has(event.id)) { return; }
-    if (event.id) { shown.add(event.id); }
-    list.prepend(render(data, event));
-    while (list.children.length > MAX_SHOWN) {
-      shown.delete(list.lastElementChild.dataset.id);
-      list.lastElementChild.remove();
-    }
-    $("last-id").textContent = event.lastEventId || "–";
-    updateCount();
-  }
-
-  // One message as a list item: its time, type and id, then its data, all as text.
-  function render(data, event) {
-    var item = document.createElement("li");
-    item.className = "message " + (event.type === "message" ? "" : "typed ") + (event.type === "missed" ? "missed" : "");
-    item.dataset.type = event.type;
-    item.dataset.id = event.id || "";
-
-    var meta = document.createElement("div");
-    meta.className = "meta";
-    var time = document.createElement("time");
-    var now = new Date();
-    time.dateTime = now.toISOString();
-    time.textContent = now.toLocaleTimeString();
-    var type = document.createElement("span");
-    type.className = "type";
-    type.textContent = event.type;
-    var id = document.createElement("span");
-    id.className = "id";
-    id.textContent = "id " + (event.id || "none");
-    meta.append(time, type, id);
-
-    var body = document.createElement("pre");
-    body.className = "data";
-    body.textContent = event.data;
-    item.append(meta, body);
-    if (event.type === "missed") {
-      var note = document.createElement("p");
-      note.className = "note";
-      note.textContent = "The server no longer holds every event since " + (data.last_event_id || "then") +
-        " (it restarted, or they were too many): what it kept follows.";
-      item.insertBefore(note, body);
-    }
-    return item;
-  }
-
-  function updateCount() {
-    $("count").textContent = String(list.children.length);
-    $("empty").hidden = list.children.length > 0;
+    if (messages.show(data, event)) { $("last-id").textContent = event.lastEventId || "–"; }
   }
 
   // The number of streams this server process holds: one for all tabs of this browser.
-  var statsTimer = null;
-  function refreshStats() {
+  let statsTimer = null;
+  async function refreshStats() {
     clearTimeout(statsTimer);
     if (document.visibilityState !== "visible") { return; }
-    fetch(urls.stats, { cache: "no-store" })
-      .then(function (response) { return response.json(); })
-      .then(function (stats) { $("consumers").textContent = String(stats.consumers); })
-      .catch(function () { $("consumers").textContent = "–"; })
-      .then(function () { statsTimer = setTimeout(refreshStats, 5000); });
+    try {
+      const response = await fetch(urls.stats, { cache: "no-store" });
+      const stats = await response.json();
+      $("consumers").textContent = String(stats.consumers);
+    } catch {
+      $("consumers").textContent = "–";
+    }
+    statsTimer = setTimeout(refreshStats, 5000);
   }
   document.addEventListener("visibilitychange", refreshStats);
 
-  listenForm.addEventListener("submit", function (submit) {
+  listenForm.addEventListener("submit", (submit) => {
     submit.preventDefault();
-    var channels = $("channels").value.split(/[\s,]+/).filter(Boolean);
+    const channels = $("channels").value.split(/[\s,]+/).filter(Boolean);
     if (channels.length) { listen(channels); }
   });
 
-  sayForm.addEventListener("submit", function (submit) {
+  sayForm.addEventListener("submit", (submit) => {
     submit.preventDefault();
-    var fields = new FormData(sayForm);
-    var body = { data: fields.get("data"), channel: fields.get("channel") || client.channels[0] };
+    const fields = new FormData(sayForm);
+    const body = { data: fields.get("data"), channel: fields.get("channel") || client.channels[0] };
     if (fields.get("event")) { body.event = fields.get("event"); }
     send(sayForm, body, formError);
   });
 
   // POST body to /say from form; empty its data field once sent, or show why not.
-  function send(form, body, errorEl, url) {
-    var button = form.querySelector("button[type=submit]");
+  async function send(form, body, errorEl, url) {
+    const button = form.querySelector("button[type=submit]");
     button.disabled = true;
-    fetch(url || urls.say, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(body)
-    }).then(function (response) {
-      return response.json().then(function (answer) {
-        errorEl.textContent = response.ok ? "" : answer.error;
-        if (response.ok) { form.elements.data.value = ""; }
+    try {
+      const response = await fetch(url || urls.say, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
       });
-    }).catch(function (error) {
-      errorEl.textContent = "not sent: " + error;
-    }).then(function () {
-      button.disabled = false;
-      form.elements.data.focus();
-    });
+      const answer = await response.json();
+      errorEl.textContent = response.ok ? "" : answer.error;
+      if (response.ok) { form.elements.data.value = ""; }
+    } catch (error) {
+      errorEl.textContent = `not sent: ${error}`;
+    }
+    button.disabled = false;
+    form.elements.data.focus();
   }
 
-  $("clear").addEventListener("click", function () {
-    list.replaceChildren();
-    updateCount();
-  });
+  $("clear").addEventListener("click", () => messages.clear());
 
   // "/" jumps to the message box, as on many sites; not while typing in a field.
-  document.addEventListener("keydown", function (key) {
-    var typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
+  document.addEventListener("keydown", (key) => {
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
     if (key.key === "/" && !typing && !key.ctrlKey && !key.metaKey && !key.altKey) {
       key.preventDefault();
       $("message").focus();
@@ -179,81 +211,83 @@
   // user:NAME is private: /events opens it only with a token the server signed, which
   // /inbox-token hands out. The server ends the stream when the token expires; the inbox
   // then fetches a new one and reconnects from the last event it had, missing nothing.
-  var inbox = {
+  const inbox = {
     user: "",
     client: null,
-    expiresAt: 0,         // by this page's clock, never later than the server's expiry
-    opened: false,        // whether the current token has opened a stream
+    expiresAt: 0, // by this page's clock, never later than the server's expiry
+    opened: false, // whether the current token has opened a stream
     lastEventId: "",
-    generation: 0,        // bumped by every new token request; older answers are ignored
+    generation: 0, // bumped by every new token request; older answers are ignored
     failures: 0,
     timer: null,
-    shown: new Set(),
-    list: $("inbox-messages")
+    feed: new Feed("inbox-", () => Boolean(inbox.user)),
   };
+
+  // The server would not hand out a token: for a name it will not take.
+  class Refusal extends Error {}
 
   function openInbox(user) {
     if (user !== inbox.user) {
-      inbox.list.replaceChildren();
-      inbox.shown.clear();
+      inbox.feed.clear(true);
       inbox.lastEventId = "";
     }
     inbox.user = user;
-    updateInboxCount();
-    var channel = "user:" + user;
+    inbox.feed.updateCount();
+    const channel = `user:${user}`;
     $("inbox-user").value = user;
     $("inbox-channel").textContent = channel;
     $("inbox-say").hidden = false;
-    $("inbox-curl").querySelector("code").textContent = "curl " +
-      new URL(urls.inboxSay, location.href).href + " -H 'Content-Type: application/json' -d '" +
-      JSON.stringify({ user: user, data: "hi" }) + "'";
+    const sayUrl = new URL(urls.inboxSay, location.href).href;
+    $("inbox-curl").querySelector("code").textContent = `curl ${sayUrl}` +
+      ` -H 'Content-Type: application/json' -d '${JSON.stringify({ user, data: "hi" })}'`;
     params.set("inbox", user);
-    history.replaceState(null, "", "?" + params.toString());
+    history.replaceState(null, "", `?${params}`);
     inbox.failures = 0;
     closeInboxStream();
     fetchToken(false);
   }
 
   // Ask for a token, then open the stream with it; renewing: the last one has expired.
-  function fetchToken(renewing) {
-    var generation = ++inbox.generation;
+  async function fetchToken(renewing) {
+    const generation = ++inbox.generation;
     clearTimeout(inbox.timer);
-    setInboxStatus(renewing ? "reconnecting" : "connecting", renewing ? "asking for a new token" : "asking for a token");
-    var asked = Date.now();
-    fetch(urls.inboxToken + "?user=" + encodeURIComponent(inbox.user), { cache: "no-store" })
-      .then(function (response) {
-        return response.json().then(function (answer) {
-          if (response.ok) { return answer; }
-          var refusal = new Error("HTTP " + response.status + ": " + answer.error);
-          refusal.refused = true;
-          throw refusal;
-        });
-      })
-      .then(function (answer) {
-        if (generation !== inbox.generation) { return; }
-        inbox.failures = 0;
-        inbox.expiresAt = asked + answer.expires_in * 1000;
-        connectInbox(answer);
-      })
-      .catch(function (error) {
-        if (generation !== inbox.generation) { return; }
-        if (error.refused) {
-          // A name the server will not take: nothing to send to either.
-          inbox.user = "";
-          $("inbox-say").hidden = true;
-          updateInboxCount();
-          setInboxStatus("closed", error.message);
-          return;
-        }
-        // The server is out of reach (restarting, say): ask again, less and less often.
-        var delay = Math.min(30000, 1000 * Math.pow(2, inbox.failures++));
-        setInboxStatus("reconnecting", "no token (" + (error.message || error) + "); retrying in " + (delay / 1000).toFixed(1) + " s");
-        inbox.timer = setTimeout(function () { fetchToken(renewing); }, delay);
+    setInboxStatus(
+      renewing ? "reconnecting" : "connecting",
+      renewing ? "asking for a new token" : "asking for a token",
+    );
+    const asked = Date.now();
+    try {
+      const response = await fetch(`${urls.inboxToken}?user=${encodeURIComponent(inbox.user)}`, {
+        cache: "no-store",
       });
+      const answer = await response.json();
+      if (!response.ok) { throw new Refusal(`HTTP ${response.status}: ${answer.error}`); }
+      if (generation !== inbox.generation) { return; }
+      inbox.failures = 0;
+      inbox.expiresAt = asked + answer.expires_in * 1000;
+      connectInbox(answer);
+    } catch (error) {
+      if (generation !== inbox.generation) { return; }
+      if (error instanceof Refusal) {
+        // A name the server will not take: nothing to send to either.
+        inbox.user = "";
+        $("inbox-say").hidden = true;
+        inbox.feed.updateCount();
+        setInboxStatus("closed", error.message);
+        return;
+      }
+      // The server is out of reach (restarting, say): ask again, less and less often.
+      const delay = Math.min(30000, 1000 * 2 ** inbox.failures++);
+      setInboxStatus(
+        "reconnecting",
+        `no token (${error.message || error}); retrying in ${(delay / 1000).toFixed(1)} s`,
+      );
+      inbox.timer = setTimeout(() => fetchToken(renewing), delay);
+    }
   }
 
   function closeInboxStream() {
-    var old = inbox.client;
+    const old = inbox.client;
     inbox.client = null;
     if (old) { old.close(); }
   }
@@ -261,14 +295,16 @@
   function connectInbox(answer) {
     closeInboxStream();
     inbox.opened = false;
-    var client = SSEFlask.connect({
-      url: urls.events + "?token=" + encodeURIComponent(answer.token),
+    // Unset while connect() reports its first state, which is then not this inbox's yet.
+    let client;
+    client = SSEFlask.connect({
+      url: `${urls.events}?token=${encodeURIComponent(answer.token)}`,
       channels: [answer.channel],
       share: params.get("share") || "auto",
       lastEventId: inbox.lastEventId,
-      onstate: function (state, detail) {
+      onstate: (state, detail) => {
         if (client === inbox.client) { inboxState(state, detail); }
-      }
+      },
     });
     inbox.client = client;
     client.on("*", showInInbox);
@@ -280,16 +316,16 @@
     // The server closed the stream at expiry (or refuses the token: expired, or signed
     // with the key of a server since restarted): a new token, rather than retrying with
     // the old one. Only for a token that worked, so that a refused new one is not a loop.
-    var expired = state === "reconnecting" && Date.now() >= inbox.expiresAt;
-    var refused = state === "closed" && detail.status === 403;
+    const expired = state === "reconnecting" && Date.now() >= inbox.expiresAt;
+    const refused = state === "closed" && detail.status === 403;
     if (inbox.opened && (expired || refused)) {
       closeInboxStream();
       fetchToken(true);
       return;
     }
-    var text = describe(state, detail);
+    let text = describe(state, detail);
     if (state === "open") {
-      text = "token valid until " + new Date(inbox.expiresAt).toLocaleTimeString();
+      text = `token valid until ${new Date(inbox.expiresAt).toLocaleTimeString()}`;
     } else if (refused && /not one this server signed/.test(detail.error || "")) {
       text += " (several server processes? Give them one SECRET_KEY)";
     }
@@ -297,40 +333,28 @@
   }
 
   function setInboxStatus(state, detail) {
-    var status = $("inbox-status");
+    const status = $("inbox-status");
     status.textContent = state;
-    status.className = "status small " + state;
+    status.className = `status small ${state}`;
     $("inbox-detail").textContent = detail || "";
   }
 
   function showInInbox(data, event) {
     if (event.lastEventId) { inbox.lastEventId = event.lastEventId; }
-    if (event.id && inbox.shown.has(event.id)) { return; }
-    if (event.id) { inbox.shown.add(event.id); }
-    inbox.list.prepend(render(data, event));
-    while (inbox.list.children.length > MAX_SHOWN) {
-      inbox.shown.delete(inbox.list.lastElementChild.dataset.id);
-      inbox.list.lastElementChild.remove();
-    }
-    updateInboxCount();
+    inbox.feed.show(data, event);
   }
 
-  function updateInboxCount() {
-    $("inbox-count").textContent = String(inbox.list.children.length);
-    $("inbox-empty").hidden = !inbox.user || inbox.list.children.length > 0;
-  }
-
-  $("inbox-open").addEventListener("submit", function (submit) {
+  $("inbox-open").addEventListener("submit", (submit) => {
     submit.preventDefault();
-    var user = $("inbox-user").value.trim();
+    const user = $("inbox-user").value.trim();
     if (!user) { return; }
     openInbox(user);
     $("inbox-message").focus();
   });
 
-  $("inbox-say").addEventListener("submit", function (submit) {
+  $("inbox-say").addEventListener("submit", (submit) => {
     submit.preventDefault();
-    var body = { data: $("inbox-message").value, user: inbox.user };
+    const body = { data: $("inbox-message").value, user: inbox.user };
     send($("inbox-say"), body, $("inbox-error"), urls.inboxSay);
   });
 
@@ -340,9 +364,9 @@
   // page streams the job's channel. "Drop the connection" cuts it as a network failure
   // would: the helper reconnects with the id of the last word and the server replays what
   // was missed (marked), so the text ends whole, with nothing repeated or missing.
-  var answer = { client: null, words: [], dropped: 0, reopenedAt: 0, channel: "" };
+  const answer = { client: null, words: [], dropped: 0, reopenedAt: 0, channel: "" };
 
-  function ask(question) {
+  async function ask(question) {
     closeAnswer();
     answer.words = [];
     answer.dropped = 0;
@@ -350,55 +374,57 @@
     $("answer-error").textContent = "";
     updateAnswer();
     setAnswerStatus("connecting", "starting the job");
-    fetch(urls.answer, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ question: question })
-    }).then(function (response) {
-      return response.json().then(function (job) {
-        if (!response.ok) { throw new Error("HTTP " + response.status + ": " + job.error); }
-        streamAnswer(job);
+    try {
+      const response = await fetch(urls.answer, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ question }),
       });
-    }).catch(function (error) {
+      const job = await response.json();
+      if (!response.ok) { throw new Error(`HTTP ${response.status}: ${job.error}`); }
+      streamAnswer(job);
+    } catch (error) {
       setAnswerStatus("closed", null);
-      $("answer-error").textContent = "not started: " + (error.message || error);
-    });
+      $("answer-error").textContent = `not started: ${error.message || error}`;
+    }
   }
 
   function streamAnswer(job) {
     answer.channel = job.channel;
-    var client = answer.client = SSEFlask.connect({
-      url: urls.events + "?token=" + encodeURIComponent(job.token),
+    // Unset while connect() reports its first state, which is then not this answer's yet.
+    let client;
+    client = answer.client = SSEFlask.connect({
+      url: `${urls.events}?token=${encodeURIComponent(job.token)}`,
       channels: [job.channel],
       share: "none",
-      onstate: function (state, detail) {
+      onstate: (state, detail) => {
         if (client !== answer.client) { return; }
         if (state === "open" && answer.dropped) { answer.reopenedAt = Date.now(); }
         $("answer-drop").disabled = $("answer-stop").disabled = state === "closed";
         // Closed: the last event (done, cancelled or error) has said why.
         setAnswerStatus(state, state === "closed" ? null : describe(state, detail));
-      }
+      },
     });
-    client.on("message", function (word) { addWord(word); });
+    client.on("message", (word) => addWord(word));
     // The words are text; the ends carry JSON.
-    client.on("done", function (text) {
-      var data = JSON.parse(text);
-      var whole = data.items === answer.words.length;
-      $("answer-detail").textContent = "done: " + answer.words.length + " words of " + data.items +
+    client.on("done", (text) => {
+      const data = JSON.parse(text);
+      const whole = data.items === answer.words.length;
+      $("answer-detail").textContent = `done: ${answer.words.length} words of ${data.items}` +
         (whole ? ", nothing repeated or missing" : ": some are missing") + dropNote();
     });
-    client.on("cancelled", function (text) {
-      $("answer-detail").textContent = "stopped after " + JSON.parse(text).items + " words";
+    client.on("cancelled", (text) => {
+      $("answer-detail").textContent = `stopped after ${JSON.parse(text).items} words`;
     });
-    client.on("error", function (text) { $("answer-error").textContent = JSON.parse(text).error; });
-    client.on("missed", function () {
+    client.on("error", (text) => { $("answer-error").textContent = JSON.parse(text).error; });
+    client.on("missed", () => {
       $("answer-error").textContent = "the server no longer had every word";
     });
   }
 
   function addWord(word) {
     answer.words.push(word);
-    var span = document.createElement("span");
+    const span = document.createElement("span");
     span.textContent = (answer.words.length > 1 ? " " : "") + word;
     // Replayed after a reconnection: the words that came in one burst right after it.
     if (answer.reopenedAt && Date.now() - answer.reopenedAt < 100) { span.className = "resumed"; }
@@ -408,7 +434,7 @@
 
   function dropNote() {
     if (!answer.dropped) { return ""; }
-    return "; dropped " + answer.dropped + "×, resumed each time (replayed words marked)";
+    return `; dropped ${answer.dropped}×, resumed each time (replayed words marked)`;
   }
 
   function updateAnswer() {
@@ -416,9 +442,9 @@
   }
 
   function setAnswerStatus(state, detail) {
-    var status = $("answer-status");
+    const status = $("answer-status");
     status.textContent = state;
-    status.className = "status small " + state;
+    status.className = `status small ${state}`;
     if (detail !== null) { $("answer-detail").textContent = detail || ""; }
   }
 
@@ -427,27 +453,27 @@
     answer.client = null;
   }
 
-  $("answer-ask").addEventListener("submit", function (submit) {
+  $("answer-ask").addEventListener("submit", (submit) => {
     submit.preventDefault();
-    var question = $("answer-question").value.trim();
+    const question = $("answer-question").value.trim();
     if (question) { ask(question); }
   });
 
-  $("answer-drop").addEventListener("click", function () {
+  $("answer-drop").addEventListener("click", () => {
     if (!answer.client || answer.client.state !== "open") { return; }
     answer.dropped++;
     answer.client.drop();
   });
 
-  $("answer-stop").addEventListener("click", function () {
+  $("answer-stop").addEventListener("click", () => {
     fetch(urls.answerCancel, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ channel: answer.channel })
+      body: JSON.stringify({ channel: answer.channel }),
     });
   });
 
-  updateCount();
+  messages.updateCount();
   listen(params.getAll("channel").length ? params.getAll("channel") : ["default"]);
   if (params.get("inbox")) { openInbox(params.get("inbox")); }
 })();

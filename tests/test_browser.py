@@ -258,6 +258,43 @@ def test_helper_api_typed_handlers_and_json(context: BrowserContext, server: Ser
     assert page.evaluate("api.state") == "closed"
 
 
+def test_helper_exports_its_api(context: BrowserContext, server: Server) -> None:
+    """What a page reaches through ``SSEFlask``: its names, the protocol version that tabs and
+    the worker agree on, the Client that connect() returns, and EventSource's constants on the
+    class and its instances, as on the browser's own."""
+    page = open_demo(context, server.url)
+    api = page.evaluate(
+        """() => {
+            const client = SSEFlask.connect({channels: ["exports"], share: "none"});
+            client.close();
+            const source = SSEFlask.EventSource;
+            return {
+                names: Object.fromEntries(Object.entries(SSEFlask).map(([k, v]) => [k, typeof v])),
+                version: SSEFlask.version,
+                client: [client instanceof SSEFlask.Client, client.state],
+                constants: [source.CONNECTING, source.OPEN, source.CLOSED],
+                onInstances: [source.prototype.CONNECTING, source.prototype.OPEN,
+                    source.prototype.CLOSED],
+            };
+        }"""
+    )
+    assert api == {
+        "names": {
+            "connect": "function",
+            "stream": "function",
+            "Client": "function",
+            "Parser": "function",
+            "version": "string",
+            "EventSource": "function",
+            "htmx": "function",
+        },
+        "version": "sse-flask/1",
+        "client": [True, "closed"],
+        "constants": [0, 1, 2],
+        "onInstances": [0, 1, 2],
+    }
+
+
 # ---------------------------------------------------------------- resilience
 
 
