@@ -85,6 +85,7 @@ ROWS = [
     ("clients", "clients"),
     ("workers", "workers"),
     ("events published (acknowledged)", "published"),
+    ("  of which after the last fault", "published_after_faults"),
     ("deliveries expected", "expected"),
     ("received", "received"),
     ("lost", "lost"),

@@ -308,6 +308,8 @@ def test_churn_through_a_sentinel_failover_loses_nothing() -> None:
         assert result[key] == 0, f"{key}: {result[key]}\n{details}"
     assert result["duplicated"] == result["duplicated_after_missed"], details
     assert any("primary SIGKILLed" in fault for fault in result["faults"]), details
-    assert result["drops"] >= 30 and result["published"] >= 200, details
+    # A failover under load may hold publishes back for seconds: what matters is that the new
+    # primary took some, not how many the run managed in all.
+    assert result["drops"] >= 30 and result["published_after_faults"] >= 10, details
     assert result["received"] + result["announced_gaps"] == result["expected"], details
     assert not result["server_tracebacks"], details

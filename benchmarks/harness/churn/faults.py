@@ -128,6 +128,7 @@ def run_broker(
                     f"meanwhile worker {victim} SIGKILLed, its replacement started without Redis"
                 )
             log(f"{kind}: {faults[-1]}")
+        faults_over = time.monotonic()
         until(run_started + options.seconds, "the end of the run")
 
         publisher.run_over.set()
@@ -182,6 +183,7 @@ def run_broker(
         "clients": options.clients,
         "faults": faults,
         "published": len(sent_at),
+        "published_after_faults": sum(sent > faults_over for sent in sent_at.values()),
         "publish_attempts_failed": dict(publisher.failures),
         "publish_errors": publisher.errors,
         **{name: totals.get(name, 0) for name in COUNTERS},
