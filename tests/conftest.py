@@ -362,12 +362,14 @@ def installed(wheel: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 
 
 class RedisServer:
-    """A ``redis-server`` on a free port, keeping nothing on disk, that tests may stop and restart."""
+    """A ``redis-server`` on a free port that tests may stop and restart: keeping nothing on
+    disk, or with ``persistent`` every write in its append-only file before it answers."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.directory = directory
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -381,7 +383,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],

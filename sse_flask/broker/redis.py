@@ -345,7 +345,14 @@ class RedisBroker:
                 return None, held[1:], last
             if (held and predecessor(held[0]) == after) or (not held and after == last):
                 return None, held, last
-        entries = self._entries("-", format_id(last))
+        # Entries kept from an earlier epoch (a Redis restarted with its data) go out under
+        # the current one: a client resuming from one of them later is then held, instead of
+        # being told ``missed`` again at every reconnect until a new event arrives.
+        relabel = current_epoch.encode()
+        entries = [
+            (stream_id, {**fields, b"e": relabel})
+            for stream_id, fields in self._entries("-", format_id(last))
+        ]
         first = parse_id(entries[0][0].decode()) if entries else None
         # Resuming after the notice replays everything retained now: with none, the last
         # position; else the predecessor of the first entry, held by the rule above.
