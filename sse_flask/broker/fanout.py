@@ -54,7 +54,13 @@ Direct = t.Callable[[bytes, int], bool]
 
 
 class End(str, enum.Enum):
-    """Why a subscription or a stream ended; the value is what the log line says."""
+    """Why a subscription or a stream ended: the text is what the ``stream closed (...)``
+    log line says, and a member compares equal to it.
+
+    The fan-out ends subscriptions as :attr:`SLOW`, :attr:`SHUTDOWN` and :attr:`JOB_ENDED`;
+    a stream ends itself as :attr:`CLIENT` and :attr:`LIFETIME`; a view stream's task as
+    :attr:`FINISHED` and :attr:`FAILED` (``sse.stream()``).
+    """
 
     SLOW = "slow consumer"
     SHUTDOWN = "server shutting down"
