@@ -286,13 +286,9 @@ class RedisBroker:
                 # delivered nothing: it starts after what this replay covers.
                 self._cursor = upto
             cursor = self._cursor
-            behind = upto is not None and cursor is not None and cursor < upto
+            skip = upto if upto is not None and cursor is not None and cursor < upto else None
             subscription = self._fanout.subscribe(
-                channels,
-                queue_size,
-                replay=frames,
-                missed=missed is not None,
-                skip_until=upto if behind else None,
+                channels, queue_size, replay=frames, missed=missed is not None, skip_until=skip
             )
         if upto is not None and cursor is not None and cursor > upto:
             try:
