@@ -28,7 +28,7 @@ import zlib
 
 from flask import Response
 
-from .broker.fanout import CLIENT, SLOW, TICK, Subscription
+from .broker.fanout import TICK, End, Subscription
 from .events import encode_comment, encode_retry
 from .metrics import metrics, sent
 
@@ -40,8 +40,6 @@ __all__ = ["STREAM_HEADERS", "EventStream", "SocketWriter", "stream_response"]
 log = logging.getLogger("sse_flask")
 
 _HEARTBEAT = encode_comment("heartbeat")
-#: Why a stream ended, besides the reasons a subscription ends for.
-LIFETIME = "lifetime reached"
 #: Replayed frames are written in chunks of about this size rather than all at once.
 _REPLAY_CHUNK = 256 * 1024
 #: The headers of every event stream response.
@@ -113,7 +111,7 @@ class EventStream:
         self._events = 0
         self._last_write = self._opened
         self._writer: SocketWriter | None = None
-        self._ended: str | None = None
+        self._ended: End | None = None
         self._compress = compress
         metrics().streams_open.inc()
 
@@ -132,14 +130,14 @@ class EventStream:
             return
         on_close, self._on_close = self._on_close, None
         subscription = self._subscription
-        reason = self._ended or subscription.closed or CLIENT
+        reason = self._ended or subscription.closed or End.CLIENT
         subscription.close()
         if self._peer is not None:
             self._peer.stop()
         on_close()
         figures = metrics()
         figures.streams_open.dec()
-        if reason == SLOW:
+        if reason is End.SLOW:
             figures.dropped.inc()
         log.info(
             "stream closed (%s) after %.1f s: %d events, %d bytes, channels %s",
@@ -154,11 +152,10 @@ class EventStream:
         if self._on_open is not None:
             self._on_open()
         subscription = self._subscription
-        for chunk in _chunks([encode_retry(self._retry_ms), *subscription.replay]):
+        for chunk in _chunks([encode_retry(self._retry_ms), *subscription.take_replay()]):
             yield chunk
             self._wrote(len(chunk), 0)
         self._wrote(0, self._replayed)
-        subscription.replay = []
         writer = self._writer
         send = self._send if writer is not None else None
         now = self._last_write = time.monotonic()
@@ -168,18 +165,12 @@ class EventStream:
             if deadline is not None:
                 due = min(due, deadline)
             taken = subscription.taken
-            subscription.direct = send
-            try:
-                if due - now > TICK:
-                    # Far off: the fan-out's ticker wakes us up to one tick early, and a
-                    # short timed wait does the rest; a timed wait on every wake-up costs
-                    # far more.
-                    subscription.wake_at = due - TICK
-                    chunk = subscription.wait(None)
-                else:
-                    chunk = subscription.wait(max(due - now, 0.0))
-            finally:
-                subscription.direct = None
+            if due - now > TICK:
+                # Far off: the fan-out's ticker wakes us up to one tick early, and a short
+                # timed wait does the rest; a timed wait on every wake-up costs far more.
+                chunk = subscription.wait(None, wake_at=due - TICK, direct=send)
+            else:
+                chunk = subscription.wait(max(due - now, 0.0), direct=send)
             now = time.monotonic()
             if writer is not None and writer.rest:
                 writer.flush()
@@ -191,10 +182,10 @@ class EventStream:
             elif subscription.closed is not None:
                 return
             elif self._peer is not None and self._peer.client_gone():
-                self._ended = CLIENT
+                self._ended = End.CLIENT
                 return
             elif deadline is not None and now >= deadline:
-                self._ended = LIFETIME
+                self._ended = End.LIFETIME
                 return
             elif now - self._last_write >= self._heartbeat:
                 yield _HEARTBEAT
@@ -202,8 +193,8 @@ class EventStream:
                 self._last_write = now
 
     def _send(self, data: bytes, frames: int) -> bool:
-        """Send ``frames`` joined as ``data`` through the writer while the stream waits: its
-        :attr:`Subscription.direct`. The fan-out counts them in :data:`sent`."""
+        """Send ``frames`` joined as ``data`` through the writer while the stream waits: the
+        ``direct`` of its :meth:`Subscription.wait`. The fan-out counts them in :data:`sent`."""
         writer = t.cast(SocketWriter, self._writer)
         if not writer.send(data):
             return False
@@ -291,7 +282,7 @@ class _PeerWatch:
         self._readable = watcher is None
         if watcher is not None:
             watcher.start(self._on_readable)
-        subscription.on_drop = self._on_drop
+        subscription.on_drop(self._on_drop)
 
     @classmethod
     def start(cls, environ: t.Mapping[str, t.Any], subscription: Subscription) -> _PeerWatch | None:

@@ -33,7 +33,7 @@ import typing as t
 from flask import Response, has_request_context, jsonify, request
 from flask.globals import app_ctx, request_ctx
 
-from .broker.fanout import CLIENT, WRITE_INTERVAL, Fanout
+from .broker.fanout import WRITE_INTERVAL, End, Fanout
 from .events import Event, encode_event
 from .stream import EventStream, stream_response
 from .tasks import DONE, ERROR, Task
@@ -41,11 +41,8 @@ from .tasks import DONE, ERROR, Task
 if t.TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["FAILED", "FAILED_MESSAGE", "FINISHED", "stream_items"]
+__all__ = ["FAILED_MESSAGE", "stream_items"]
 
-#: Why a view stream ended, in the log.
-FINISHED = "items exhausted"
-FAILED = "items raised an error"
 #: What a client is told when the items raise: the details go to the log only.
 FAILED_MESSAGE = "the stream failed on the server; the details are in the server's log"
 
@@ -82,7 +79,7 @@ def stream_items(
         return response
     key = f"{request.method} {request.path} #{next(_numbers)}"
     with fanout.lock:
-        subscription = fanout.new([key], settings.queue_size)
+        subscription = fanout.subscribe([key], settings.queue_size)
     numbers = itertools.count(1)
 
     def deliver(frame: bytes) -> bool:
@@ -108,7 +105,9 @@ def stream_items(
                 )
             )
         # Cancelled: the stream has ended already (its client left, or the worker stops).
-        subscription.close(FINISHED if outcome == DONE else FAILED if outcome == ERROR else CLIENT)
+        subscription.close(
+            End.FINISHED if outcome == DONE else End.FAILED if outcome == ERROR else End.CLIENT
+        )
 
     contexts = (
         t.cast(t.Any, app_ctx)._get_current_object(),

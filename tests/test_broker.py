@@ -18,6 +18,7 @@ already has", "A client that falls `SSE_QUEUE_SIZE` events behind is cut off (co
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import typing as t
@@ -27,6 +28,7 @@ from conftest import wait_until
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from sse_flask.broker import Broker, MemoryBroker, Subscription
+from sse_flask.broker.fanout import End
 from sse_flask.broker.redis import RedisBroker
 from sse_flask.broker.redis_stream import STREAM_KEY
 from sse_flask.events import Event, encode_event
@@ -232,6 +234,14 @@ def test_replay_after_id(broker: Broker) -> None:
     assert nothing_more(subscription)
 
 
+def test_the_replay_is_handed_out_once(broker: Broker) -> None:
+    """The stream takes the replay when it starts; nothing of it stays behind."""
+    first, second = (broker.publish("a", frame(str(i))) for i in range(2))
+    subscription = broker.subscribe(["a"], first, queue_size=10)
+    assert [event.id for event in parse(b"".join(subscription.take_replay()))] == [second]
+    assert subscription.replay == [] and subscription.take_replay() == []
+
+
 def test_replay_from_the_latest_id_is_empty(broker: Broker) -> None:
     """A client that has everything gets no replay and no ``missed``."""
     last = [broker.publish("a", frame(str(i))) for i in range(3)][-1]
@@ -416,6 +426,15 @@ def test_slow_consumer_is_cut_off(broker: Broker) -> None:
     assert [event.id for event in receive(other, 7)] == ids[3:], "the others are unaffected"
     assert other.closed is None
     assert broker.stats()["consumers"] == 1 and broker.stats()["dropped"] == 1
+
+
+def test_end_reasons_read_as_the_log_has_them() -> None:
+    """``stream closed (<reason>)`` in the log is the reason's text, however it is formatted."""
+    record = logging.makeLogRecord({"msg": "(%s)", "args": (End.SLOW,)})
+    assert record.getMessage() == "(slow consumer)"
+    assert [f"{reason}" for reason in End] == [str(reason) for reason in End]
+    assert [str(reason) for reason in End] == [reason.value for reason in End]
+    assert End("slow consumer") is End.SLOW
 
 
 def test_slow_consumer_is_cut_off_on_any_channel(broker: Broker) -> None:

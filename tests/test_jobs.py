@@ -281,8 +281,7 @@ def test_on_threads_a_job_runs_in_a_thread_and_cancels_at_its_next_step() -> Non
     subscription = broker.subscribe_job(job.channel, None, queue_size=1000)
     received = b""
     while b"data: 3\n" not in received:
-        received += subscription.wait(5) or b"".join(subscription.replay)
-        subscription.replay = []
+        received += subscription.wait(5) or b"".join(subscription.take_replay())
     job.cancel()
     wait_until(lambda: subscription.closed is not None, 2, "the job to end")
     received += subscription.wait(0)

@@ -1,9 +1,15 @@
-"""The package's shape: no import cycle among its modules, and no module over 500 lines.
+"""The package's shape: no import cycle among its modules, no module over 500 lines, and no
+module on the delivery path writing another object's attributes.
 
 STYLE's "One concern per module, each under about 500 lines, and no import cycles (a
 function-local import that dodges one is still one)". Every ``import`` and ``from ... import``
 statement counts, wherever it stands: at the top, in a function, or under
 ``t.TYPE_CHECKING``.
+
+On the delivery path (broker, fan-out, stream, worker), an object's state changes only
+through its own methods: a class may assign to ``self``'s (or ``cls``'s) attributes, no one
+else's, so that :class:`~sse_flask.broker.fanout.Subscription` and its peers stay the only
+code that knows how their state moves.
 """
 
 from __future__ import annotations
@@ -13,6 +19,17 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sse_flask"
 MAX_LINES = 500
+#: The modules an event goes through from a publish to the client's socket.
+DELIVERY_PATH = ("broker/*.py", "stream.py", "viewstream.py", "worker.py")
+#: Attributes of other objects that the delivery path sets, by module: each belongs to a
+#: framework's object that offers no method for it.
+FOREIGN_WRITES = {
+    ("sse_flask.stream", "content_encoding"): "werkzeug's Response sets the header through it",
+    ("sse_flask.viewstream", "status_code"): "werkzeug's Response, made by jsonify(), has no "
+    "other way to change its status",
+    ("sse_flask.worker", "sent"): "gunicorn's Response counts what went out for the access "
+    "log; the worker's writer sends past it",
+}
 
 
 def module_name(path: Path) -> str:
@@ -89,3 +106,73 @@ def test_no_module_over_500_lines() -> None:
         for path in PACKAGE.rglob("*.py")
     }
     assert {name: size for name, size in sizes.items() if size > MAX_LINES} == {}
+
+
+def foreign_writes(source: str) -> list[tuple[str, int]]:
+    """The attributes that ``source`` assigns, augments, deletes or ``setattr``s on an object
+    other than ``self`` or ``cls``, with their lines."""
+    targets: list[ast.expr] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets.extend(node.targets)
+        elif isinstance(
+            node, (ast.AugAssign, ast.AnnAssign, ast.For, ast.AsyncFor, ast.comprehension)
+        ):
+            targets.append(node.target)
+        elif isinstance(node, (ast.With, ast.AsyncWith)):
+            targets.extend(item.optional_vars for item in node.items if item.optional_vars)
+        elif (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in {"setattr", "delattr", "object.__setattr__"}
+            and node.args
+        ):
+            name = node.args[1] if len(node.args) > 1 else None
+            attribute = name.value if isinstance(name, ast.Constant) else "?"
+            targets.append(ast.Attribute(node.args[0], str(attribute), lineno=node.lineno))
+    found = []
+    while targets:
+        target = targets.pop()
+        if isinstance(target, (ast.Tuple, ast.List)):
+            targets.extend(target.elts)
+        elif isinstance(target, ast.Starred):
+            targets.append(target.value)
+        elif isinstance(target, ast.Attribute) and not (
+            isinstance(target.value, ast.Name) and target.value.id in {"self", "cls"}
+        ):
+            found.append((target.attr, target.lineno))
+    return sorted(found, key=lambda write: write[1])
+
+
+def test_the_delivery_path_writes_no_other_objects_attributes() -> None:
+    paths = sorted({path for pattern in DELIVERY_PATH for path in PACKAGE.glob(pattern)})
+    writes = [
+        (module_name(path), attribute, line)
+        for path in paths
+        for attribute, line in foreign_writes(path.read_text(encoding="utf-8"))
+    ]
+    unexpected = [
+        f"{module}:{line} sets .{attribute}"
+        for module, attribute, line in writes
+        if (module, attribute) not in FOREIGN_WRITES
+    ]
+    assert unexpected == [], f"give the object's class a method for it: {unexpected}"
+    stale = set(FOREIGN_WRITES) - {(module, attribute) for module, attribute, _ in writes}
+    assert stale == set(), f"no longer written, drop from FOREIGN_WRITES: {stale}"
+
+
+def test_foreign_writes_finds_every_kind_of_write() -> None:
+    source = """
+def f(self, sub, items):
+    self.a = cls.b = 1
+    self.c.d = 2
+    sub.e += 1
+    sub.f: int = 1
+    first, (sub.g, self.h) = 1, (2, 3)
+    del sub.i
+    for sub.j in items: pass
+    with open(items) as sub.k: pass
+    [0 for sub.l in items]
+    setattr(sub, "m", 1)
+    object.__setattr__(sub, "n", 1)
+"""
+    assert [attribute for attribute, _ in foreign_writes(source)] == list("defgijklmn")

@@ -19,11 +19,17 @@ Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), 
 writes for a stream that is waiting, without blocking: :meth:`Fanout.deliver` sends a frame
 to a stream with nothing queued, and the ticker sends what a held stream gathered. The stream
 stays held as if it had written, and its greenlet is not woken at all.
+
+A :class:`Subscription`'s state changes only through its methods, each called by one side:
+the broker gives the replay when it subscribes (:meth:`Fanout.subscribe`); the stream waits
+(:meth:`Subscription.wait`, with the writer it offers for direct sends), holds after each
+write and closes; the fan-out, under its lock, delivers, releases and ends.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import math
 import os
 import sys
@@ -33,100 +39,149 @@ import typing as t
 
 from ..metrics import sent
 
-__all__ = ["Fanout", "Subscription"]
+__all__ = ["End", "Fanout", "Subscription"]
 
 #: Seconds between the ticker's rounds: how late a wake-up by ``wake_at`` may be.
 TICK = 0.25
 #: Seconds a stream holds the frames that arrive after a write, to send them in one.
 WRITE_INTERVAL = 0.005
 
-#: Why a subscription ended, as :attr:`Subscription.closed` reports it.
-SLOW = "slow consumer"
-SHUTDOWN = "server shutting down"
-CLIENT = "client went away"
-JOB_ENDED = "job ended"
+#: What :meth:`Subscription.deliver` did with a frame.
+_QUEUED, _SENT, _FULL = 0, 1, 2
+
+#: ``direct(data, frames)``: see :meth:`Subscription.wait`.
+Direct = t.Callable[[bytes, int], bool]
+
+
+class End(str, enum.Enum):
+    """Why a subscription or a stream ended: the text is what the ``stream closed (...)``
+    log line says, and a member compares equal to it.
+
+    The fan-out ends subscriptions as :attr:`SLOW`, :attr:`SHUTDOWN` and :attr:`JOB_ENDED`;
+    a stream ends itself as :attr:`CLIENT` and :attr:`LIFETIME`; a view stream's task as
+    :attr:`FINISHED` and :attr:`FAILED` (``sse.stream()``).
+    """
+
+    SLOW = "slow consumer"
+    SHUTDOWN = "server shutting down"
+    CLIENT = "client went away"
+    JOB_ENDED = "job ended"
+    LIFETIME = "lifetime reached"
+    FINISHED = "items exhausted"
+    FAILED = "items raised an error"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Subscription:
     """One stream's mailbox: frames waiting to be written, and the channels it listens to.
 
-    :attr replay: frames to write before anything live, set by the broker when the stream
-        resumes after a ``Last-Event-ID``.
+    Made by :meth:`Fanout.subscribe`; it changes only through its own methods, which the
+    stream and the fan-out call. The attributes are there to be read.
+
+    :attr replay: frames to write before anything live, given by the broker when the stream
+        resumes after a ``Last-Event-ID``; see :meth:`take_replay`.
+    :attr missed: whether the replay starts with a ``missed`` frame.
     :attr closed: ``None`` while open, else why the subscription ended.
+    :attr taken: live frames handed out by :meth:`wait` so far.
+    :attr wake_at: when (``time.monotonic()``) the fan-out's ticker wakes the current
+        :meth:`wait`: the stream's next heartbeat or deadline.
+    :attr skip_until: live frames at or before this position are not delivered: the client
+        already has them (it resumed from a position this process had not reached yet).
+    :attr held: set by :meth:`hold`: new frames do not wake :meth:`wait` until the fan-out
+        releases the subscription.
+    :attr direct: the ``direct`` of the current :meth:`wait`, else ``None``.
     """
 
     __slots__ = (
         "_fanout",
         "_frames",
         "_limit",
+        "_on_drop",
         "_wakeup",
         "channels",
         "closed",
         "direct",
         "held",
         "missed",
-        "on_drop",
         "replay",
         "skip_until",
         "taken",
         "wake_at",
     )
 
-    def __init__(self, fanout: Fanout, channels: t.Sequence[str], limit: int) -> None:
+    def __init__(
+        self,
+        fanout: Fanout,
+        channels: t.Sequence[str],
+        limit: int,
+        *,
+        replay: t.Sequence[bytes] = (),
+        missed: bool = False,
+        skip_until: t.Any = None,
+    ) -> None:
         self.channels = tuple(dict.fromkeys(channels))
-        self.replay: list[bytes] = []
-        #: Whether the replay starts with a ``missed`` frame.
-        self.missed = False
-        self.closed: str | None = None
-        #: Live frames handed out by :meth:`wait` so far.
+        self.replay = list(replay)
+        self.missed = missed
+        self.closed: End | None = None
         self.taken = 0
-        #: When (``time.monotonic()``) the fan-out's ticker should wake a :meth:`wait`
-        #: without a timeout: the stream's next heartbeat or deadline.
         self.wake_at = math.inf
-        #: Called, with the fan-out lock held, when the subscription is cut off for falling
-        #: behind; the stream uses it to unblock a write to a client that does not read.
-        self.on_drop: t.Callable[[], None] | None = None
-        #: Live frames at or before this position are not delivered: the client already has
-        #: them (it resumed from a position this process had not reached yet).
-        self.skip_until: t.Any = None
-        #: Set by :meth:`hold`: new frames do not wake :meth:`wait` until the fan-out
-        #: releases the subscription.
+        self.skip_until = skip_until
         self.held = False
-        #: Set by a stream while it waits, where the server lets it write to the client's
-        #: socket (:mod:`sse_flask.worker`): ``direct(data, frames)`` sends ``frames``
-        #: joined as ``data`` at once, without blocking or switching, or returns ``False``
-        #: having sent nothing. The fan-out uses it for frames that would otherwise wake
-        #: the stream to write them.
-        self.direct: t.Callable[[bytes, int], bool] | None = None
+        self.direct: Direct | None = None
+        self._on_drop: t.Callable[[], None] | None = None
         self._frames: collections.deque[bytes] = collections.deque()
         self._wakeup = _wakeup()
         self._limit = limit
         self._fanout = fanout
 
-    def offer(self, frame: bytes) -> bool:
-        """Queue ``frame``; return ``False``, queueing nothing, if the mailbox is full."""
-        if len(self._frames) >= self._limit:
-            return False
-        self._frames.append(frame)
-        if not self.held:
-            self._wakeup.set()
-        return True
+    def take_replay(self) -> list[bytes]:
+        """The replay, handed out once: :attr:`replay` is empty afterwards."""
+        replay, self.replay = self.replay, []
+        return replay
 
-    def wait(self, timeout: float | None) -> bytes:
+    def extend_replay(self, frames: t.Iterable[bytes]) -> None:
+        """Add ``frames`` to the end of the replay: what the broker delivered between reading
+        the history and registering the subscription, before its stream started."""
+        self.replay.extend(frames)
+
+    def on_drop(self, callback: t.Callable[[], None]) -> None:
+        """Have ``callback`` called, with the fan-out lock held, if the subscription is cut
+        off for falling behind; the stream uses it to unblock a write to a client that does
+        not read."""
+        self._on_drop = callback
+
+    def wait(
+        self, timeout: float | None, *, wake_at: float = math.inf, direct: Direct | None = None
+    ) -> bytes:
         """Wait up to ``timeout`` seconds for frames; return all pending ones, joined.
 
         Returns ``b""`` on time-out, on :meth:`wake`, and once closed with nothing pending.
         While held (see :meth:`hold`), it waits even with frames pending.
+
+        :param wake_at: when the fan-out's ticker should end the wait, up to :data:`TICK`
+            late: a wait without a timeout costs no timer of its own.
+        :param direct: where the server lets the stream write to the client's socket
+            (:mod:`sse_flask.worker`), ``direct(data, frames)`` sends ``frames`` joined as
+            ``data`` at once, without blocking or switching, or returns ``False`` having
+            sent nothing. While the wait lasts, the fan-out sends through it the frames that
+            would otherwise wake the stream to write them.
         """
-        if (self.held or not self._frames) and self.closed is None:
-            self._wakeup.wait(timeout)
-        self._wakeup.clear()
-        frames = self._frames
-        count = len(frames)
-        self.taken += count
-        if count == 1:
-            return frames.popleft()
-        return b"".join([frames.popleft() for _ in range(count)])
+        self.wake_at = wake_at
+        self.direct = direct
+        try:
+            if (self.held or not self._frames) and self.closed is None:
+                self._wakeup.wait(timeout)
+            self._wakeup.clear()
+            frames = self._frames
+            count = len(frames)
+            self.taken += count
+            if count == 1:
+                return frames.popleft()
+            return b"".join([frames.popleft() for _ in range(count)])
+        finally:
+            self.direct = None
 
     def wake(self) -> None:
         """Make a pending or the next :meth:`wait` return at once."""
@@ -135,15 +190,74 @@ class Subscription:
     def hold(self) -> None:
         """Make :meth:`wait` keep what arrives for up to :data:`WRITE_INTERVAL`, to be
         returned in one go; the stream calls it after each write."""
-        self._fanout.hold(self)
+        fanout = self._fanout
+        with fanout.lock:
+            if self.closed is None:
+                self._wakeup.clear()
+                self.held = True
+                fanout.release_later([self])
 
-    def close(self, reason: str = CLIENT) -> None:
+    def close(self, reason: End = End.CLIENT) -> None:
         """Stop receiving; idempotent. Frames already queued can still be drained."""
         self._fanout.remove(self, reason)
 
     def pending(self) -> int:
         """Frames queued and not yet taken by :meth:`wait`."""
         return len(self._frames)
+
+    # The fan-out's side, called with its lock held.
+
+    def deliver(self, frame: bytes, position: t.Any) -> int:
+        """Send ``frame`` through :attr:`direct` if the stream waits with nothing queued and
+        is not held (it is held then), else queue it and wake the stream unless held.
+
+        :returns: ``_SENT``, ``_QUEUED`` (also when skipped, see :attr:`skip_until`), or
+            ``_FULL``, queueing nothing, when the mailbox is full.
+        """
+        if self.skip_until is not None and not position > self.skip_until:
+            return _QUEUED
+        frames = self._frames
+        if self.direct is not None and not self.held and not frames and self.direct(frame, 1):
+            self.held = True
+            return _SENT
+        if len(frames) >= self._limit:
+            return _FULL
+        frames.append(frame)
+        if not self.held:
+            self._wakeup.set()
+        return _QUEUED
+
+    def release(self) -> tuple[int, int] | None:
+        """End the hold: send what gathered through :attr:`direct` where the stream waits,
+        staying held, and return how many frames and bytes went; else (``None``) wake the
+        stream to write it, if anything gathered."""
+        frames = self._frames
+        if frames and self.direct is not None:
+            data = b"".join(frames)
+            count = len(frames)
+            if self.direct(data, count):
+                frames.clear()
+                return count, len(data)
+        self.held = False
+        if frames:
+            self._wakeup.set()
+        return None
+
+    def end(self, reason: End) -> bool:
+        """Mark the subscription ended for ``reason`` and wake its stream; ``False`` if it
+        had ended already. The fan-out calls it as it unregisters the subscription."""
+        if self.closed is not None:
+            return False
+        self.closed = reason
+        self._wakeup.set()
+        return True
+
+    def drop(self) -> None:
+        """Discard what is queued and call the :meth:`on_drop` callback: the fan-out has cut
+        the subscription off for falling behind."""
+        self._frames.clear()
+        if self._on_drop is not None:
+            self._on_drop()
 
 
 class _Wakeup(t.Protocol):
@@ -241,15 +355,31 @@ class Fanout:
         self._holding = threading.Event()
         self._ticker_pid: int | None = None
 
-    def new(self, channels: t.Sequence[str], limit: int) -> Subscription:
-        """Register a subscription to ``channels``. The caller holds :attr:`lock`.
+    def subscribe(
+        self,
+        channels: t.Sequence[str],
+        limit: int,
+        *,
+        replay: t.Sequence[bytes] = (),
+        missed: bool = False,
+        skip_until: t.Any = None,
+    ) -> Subscription:
+        """Register a subscription to ``channels``, with a mailbox of ``limit`` frames. The
+        caller holds :attr:`lock`.
+
+        :param replay: the frames its stream writes first (:attr:`Subscription.replay`).
+        :param missed: whether ``replay`` starts with a ``missed`` frame.
+        :param skip_until: the position up to which live frames are not delivered to it
+            (:attr:`Subscription.skip_until`).
 
         Once :meth:`close_all` has run, it is returned already closed: a client that
         reconnects over a kept-alive connection to a stopping worker must go elsewhere.
         """
-        subscription = Subscription(self, channels, limit)
+        subscription = Subscription(
+            self, channels, limit, replay=replay, missed=missed, skip_until=skip_until
+        )
         if self.closed:
-            subscription.closed = SHUTDOWN
+            subscription.end(End.SHUTDOWN)
             return subscription
         for channel in subscription.channels:
             self._channels.setdefault(channel, set()).add(subscription)
@@ -269,38 +399,27 @@ class Fanout:
         subscribers = self._channels.get(channel)
         if not subscribers:
             return
-        slow = []
-        direct = 0
+        slow: list[Subscription] = []
+        held: list[Subscription] = []
         for subscription in subscribers:
-            if subscription.skip_until is not None and not position > subscription.skip_until:
-                continue
-            if (
-                subscription.direct is not None
-                and not subscription.held
-                and not subscription._frames
-                and subscription.direct(frame, 1)
-            ):
-                self._hold(subscription)
-                direct += 1
-            elif not subscription.offer(frame):
-                slow.append(subscription)
-        if direct:
-            sent.add(direct, direct * len(frame))
+            if outcome := subscription.deliver(frame, position):
+                (held if outcome == _SENT else slow).append(subscription)
+        if held:
+            sent.add(len(held), len(held) * len(frame))
+            self.release_later(held)
         for subscription in slow:
             self.dropped += 1
-            self._unregister(subscription, SLOW)
-            subscription._frames.clear()
-            if subscription.on_drop is not None:
-                subscription.on_drop()
+            self._unregister(subscription, End.SLOW)
+            subscription.drop()
 
-    def hold(self, subscription: Subscription) -> None:
-        """Hold ``subscription`` until the ticker's next release (see :meth:`Subscription.hold`)."""
-        with self.lock:
-            if subscription.closed is None:
-                subscription._wakeup.clear()
-                self._hold(subscription)
+    def release_later(self, subscriptions: list[Subscription]) -> None:
+        """Have the ticker release the held ``subscriptions`` (see :meth:`Subscription.hold`)
+        at its next round. The caller holds :attr:`lock`."""
+        if not self._held:
+            self._holding.set()
+        self._held.extend(subscriptions)
 
-    def remove(self, subscription: Subscription, reason: str) -> None:
+    def remove(self, subscription: Subscription, reason: End) -> None:
         """Unregister ``subscription``, if it still is, and wake its stream."""
         with self.lock:
             self._unregister(subscription, reason)
@@ -310,15 +429,10 @@ class Fanout:
         clients must reconnect elsewhere."""
         with self.lock:
             self.closed = True
-            self.end_all(SHUTDOWN)
+            for subscription in list(self._subscriptions):
+                self._unregister(subscription, End.SHUTDOWN)
 
-    def end_all(self, reason: str) -> None:
-        """End every current subscription, so that streams finish and clients reconnect.
-        The caller holds :attr:`lock`."""
-        for subscription in {s for subs in self._channels.values() for s in subs}:
-            self._unregister(subscription, reason)
-
-    def end_channel(self, channel: str, reason: str) -> None:
+    def end_channel(self, channel: str, reason: End) -> None:
         """End every subscription to ``channel``, after what was delivered to it (a job's
         last event): their streams write what they have queued, then finish. The caller
         holds :attr:`lock`."""
@@ -355,46 +469,27 @@ class Fanout:
                         subscription.wake()
 
     def _release(self) -> None:
-        """Let every held subscription's stream write what it gathered; what a waiting stream
-        gathered is sent through :attr:`Subscription.direct` at once, and it stays held."""
+        """Release every held subscription (:meth:`Subscription.release`); those that sent
+        what they gathered straight away stay held until the next round."""
         frames_sent = bytes_sent = 0
         with self.lock:
             held, self._held = self._held, []
             for subscription in held:
-                frames = subscription._frames
-                if not frames:
-                    subscription.held = False
-                elif subscription.direct is not None and subscription.direct(
-                    data := b"".join(frames), len(frames)
-                ):
-                    frames_sent += len(frames)
-                    bytes_sent += len(data)
-                    frames.clear()
-                    self._hold(subscription)
-                else:
-                    subscription.held = False
-                    subscription._wakeup.set()
+                if (direct := subscription.release()) is not None:
+                    frames_sent += direct[0]
+                    bytes_sent += direct[1]
+                    self._held.append(subscription)
             if not self._held:
                 self._holding.clear()
         if frames_sent:
             sent.add(frames_sent, bytes_sent)
 
-    def _hold(self, subscription: Subscription) -> None:
-        """Mark ``subscription`` held until the next release, and have the ticker release
-        it. The caller holds :attr:`lock`."""
-        subscription.held = True
-        self._held.append(subscription)
-        if len(self._held) == 1:
-            self._holding.set()
-
-    def _unregister(self, subscription: Subscription, reason: str) -> None:
-        if subscription.closed is not None:
+    def _unregister(self, subscription: Subscription, reason: End) -> None:
+        if not subscription.end(reason):
             return
-        subscription.closed = reason
         for channel in subscription.channels:
             subscribers = self._channels[channel]
             subscribers.discard(subscription)
             if not subscribers:
                 del self._channels[channel]
         self._subscriptions.discard(subscription)
-        subscription.wake()

@@ -18,7 +18,7 @@ import typing as t
 from ..errors import BrokerUnavailable
 from ..events import Event, encode_event, prefix_id
 from ..metrics import metrics
-from .fanout import JOB_ENDED, Fanout, Subscription
+from .fanout import End, Fanout, Subscription
 
 __all__ = ["MemoryBroker"]
 
@@ -76,9 +76,8 @@ class MemoryBroker:
             job.frames.append((self._sequence, framed))
             self._fanout.deliver(channel, framed)
             if last:
-                job.ended_at = time.monotonic()
-                job.on_cancel = None
-                self._fanout.end_channel(channel, JOB_ENDED)
+                job.end(time.monotonic())
+                self._fanout.end_channel(channel, End.JOB_ENDED)
         return event_id
 
     def subscribe_job(
@@ -91,23 +90,23 @@ class MemoryBroker:
             job = self._jobs.get(channel)
             if job is None or self._expired(job, time.monotonic()):
                 return None
-            subscription = self._fanout.new([channel], queue_size)
-            if subscription.closed is not None:
-                return subscription
+            if self._fanout.closed:
+                return self._fanout.subscribe([channel], queue_size)
             after = 0 if last_event_id is None else self._known_sequence(last_event_id)
-            frames = []
+            notice = []
             if after is None:
                 first = job.frames[0][0] if job.frames else self._sequence + 1
                 oldest = f"{self._epoch}-{first}" if job.frames else None
                 data = {"last_event_id": last_event_id, "oldest_retained": oldest}
                 missed = Event(data=data, event="missed", id=f"{self._epoch}-{first - 1}")
-                frames.append(encode_event(missed))
-                subscription.missed = True
+                notice.append(encode_event(missed))
                 after = 0
-            frames.extend(frame for sequence, frame in job.frames if sequence > after)
-            subscription.replay = frames
+            replay = notice + [frame for sequence, frame in job.frames if sequence > after]
+            subscription = self._fanout.subscribe(
+                [channel], queue_size, replay=replay, missed=bool(notice)
+            )
             if job.ended_at is not None:
-                self._fanout.end_channel(channel, JOB_ENDED)
+                self._fanout.end_channel(channel, End.JOB_ENDED)
         return subscription
 
     def cancel_job(self, channel: str) -> None:
@@ -127,12 +126,12 @@ class MemoryBroker:
         either in the replay or delivered live, never both and never neither.
         """
         with self._fanout.lock:
-            subscription = self._fanout.new(channels, queue_size)
             # A subscription born closed (the worker is stopping) replays nothing: its
             # client keeps its id and resumes where it reconnects.
-            if last_event_id is not None and subscription.closed is None:
-                self._replay(subscription, last_event_id)
-        return subscription
+            if last_event_id is None or self._fanout.closed:
+                return self._fanout.subscribe(channels, queue_size)
+            replay, missed = self._replay(channels, last_event_id)
+            return self._fanout.subscribe(channels, queue_size, replay=replay, missed=missed)
 
     def stats(self) -> dict[str, t.Any]:
         return self._fanout.stats(backend=self.name, published=self.published)
@@ -162,18 +161,20 @@ class MemoryBroker:
         event_id = f"{self._epoch}-{self._sequence}"
         return event_id, prefix_id(frame, event_id)
 
-    def _replay(self, subscription: Subscription, last_event_id: str) -> None:
+    def _replay(self, channels: t.Sequence[str], last_event_id: str) -> tuple[list[bytes], bool]:
+        """What follows ``last_event_id`` on ``channels``, and whether it starts with a
+        ``missed`` frame. The caller holds the fan-out's lock."""
         oldest = self._history[0][0] if self._history else self._sequence + 1
         after = self._known_sequence(last_event_id)
         frames = []
         if after is None or after + 1 < oldest:
             after = oldest - 1
             frames.append(self._missed(last_event_id, oldest))
-            subscription.missed = True
-        channels = set(subscription.channels)
+        missed = bool(frames)
+        wanted = set(channels)
         unseen = itertools.islice(self._history, max(0, after + 1 - oldest), None)
-        frames.extend(frame for _, channel, frame in unseen if channel in channels)
-        subscription.replay = frames
+        frames.extend(frame for _, channel, frame in unseen if channel in wanted)
+        return frames, missed
 
     def _known_sequence(self, last_event_id: str) -> int | None:
         epoch, _, sequence = last_event_id.partition("-")
@@ -204,3 +205,8 @@ class _Job:
     frames: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
     #: ``time.monotonic()`` of its last event; ``None`` while it runs.
     ended_at: float | None = None
+
+    def end(self, now: float) -> None:
+        """The job's last event went out at ``now``: it can no longer be cancelled."""
+        self.ended_at = now
+        self.on_cancel = None

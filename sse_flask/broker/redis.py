@@ -37,7 +37,7 @@ import typing as t
 
 from ..errors import BrokerUnavailable, NotReplicated
 from ..metrics import metrics
-from .fanout import JOB_ENDED, Fanout, Subscription
+from .fanout import End, Fanout, Subscription
 from .redis_connect import connect, mask_url
 from .redis_stream import (
     CANCEL,
@@ -54,6 +54,7 @@ from .redis_stream import (
     Position,
     as_text,
     entry_frame,
+    entry_frames,
     format_id,
     missed_frame,
     parse_id,
@@ -258,7 +259,7 @@ class RedisBroker:
         name = channel.encode()
         ended = any(b"x" in fields and fields[b"c"] == name for _, fields in entries)
         if state == b"ended" or ended:
-            subscription.close(JOB_ENDED)
+            subscription.close(End.JOB_ENDED)
         return subscription
 
     def cancel_job(self, channel: str) -> None:
@@ -277,28 +278,25 @@ class RedisBroker:
         """Register a subscription that resumes with ``replay``, read up to ``upto``: the
         entries the reader delivered beyond ``upto`` before it was registered are added to
         ``replay``, and those it has yet to deliver up to ``upto`` are skipped."""
+        wanted = set(channels)
+        frames = ([missed] if missed else []) + entry_frames(replay, wanted)
         with self._fanout.lock:
-            subscription = self._fanout.new(channels, queue_size)
             if self._cursor is None and upto is not None:
                 # The reader has no position yet (Redis was down when it started) and has
                 # delivered nothing: it starts after what this replay covers.
                 self._cursor = upto
             cursor = self._cursor
-            if upto is not None and cursor is not None and cursor < upto:
-                subscription.skip_until = upto
+            skip = upto if upto is not None and cursor is not None and cursor < upto else None
+            subscription = self._fanout.subscribe(
+                channels, queue_size, replay=frames, missed=missed is not None, skip_until=skip
+            )
         if upto is not None and cursor is not None and cursor > upto:
             try:
-                replay.extend(self._entries(range_after(upto), format_id(cursor)))
+                delivered = self._entries(range_after(upto), format_id(cursor))
             except BrokerUnavailable:
                 subscription.close()
                 raise
-        wanted = set(subscription.channels)
-        subscription.missed = missed is not None
-        subscription.replay = ([missed] if missed else []) + [
-            entry_frame(stream_id, fields)
-            for stream_id, fields in replay
-            if fields[b"c"].decode() in wanted
-        ]
+            subscription.extend_replay(entry_frames(delivered, wanted))
         return subscription
 
     def stats(self) -> dict[str, t.Any]:
@@ -448,7 +446,7 @@ class RedisBroker:
                 on_cancel()
         else:
             with self._fanout.lock:
-                self._fanout.end_channel(fields[b"c"].decode(), JOB_ENDED)
+                self._fanout.end_channel(fields[b"c"].decode(), End.JOB_ENDED)
 
     def _rewind(self) -> None:
         """Follow a stream that now ends before the last entry read.

@@ -132,6 +132,15 @@ def entry_frame(stream_id: bytes, fields: dict[bytes, bytes]) -> bytes:
     return prefix_id(fields[b"f"], f"{fields[b'e'].decode()}-{stream_id.decode()}")
 
 
+def entry_frames(entries: t.Iterable[Entry], channels: t.Container[str]) -> list[bytes]:
+    """The frames of those ``entries`` that are on one of ``channels``, for a replay."""
+    return [
+        entry_frame(stream_id, fields)
+        for stream_id, fields in entries
+        if fields[b"c"].decode() in channels
+    ]
+
+
 def as_text(value: t.Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
