@@ -294,8 +294,8 @@ def test_redis_restart_midstream(
 def test_publish_from_other_processes(
     serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]
 ) -> None:
-    """`sse-flask say --broker` and a script calling sse.publish outside any request both
-    reach a stream, without going through HTTP."""
+    """`sse-flask say --broker` and a script calling sse.publish outside any request
+    (tests/apps/publish_script.py) both reach a stream, without going through HTTP."""
     server = serve(broker=redis_server.url)
     client = stream(server.url, channels=["jobs"])
     cli = subprocess.run(
@@ -317,18 +317,12 @@ def test_publish_from_other_processes(
         timeout=30,
     )
     assert cli.returncode == 0, cli.stderr
-    script = (
-        "from flask import Flask\n"
-        "from sse_flask import SSE\n"
-        "app = Flask('worker')\n"
-        "sse = SSE(app)\n"
-        "print(sse.publish({'job': 7}, event='done', channel='jobs'))\n"
-    )
     task = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-m", "apps.publish_script"],
         capture_output=True,
         text=True,
         timeout=30,
+        cwd=Path(__file__).parent,
         env={**os.environ, "SSE_BROKER_URL": redis_server.url},
     )
     assert task.returncode == 0, task.stderr

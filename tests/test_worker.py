@@ -1,10 +1,11 @@
 """sse-flask's gunicorn worker class (sse_flask.worker): publishers write to waiting streams.
 
-The cases on its parts run in a fresh interpreter that monkey-patches first, as the worker
-does, with requests parsed and answered by gunicorn's own classes over a socket pair. The
-wire is checked against real gunicorn: here behind a body-wrapping middleware, over TLS, and
-to a client that reads late; elsewhere, every test that reads a stream through ``sse-flask
-serve`` goes through this worker, and test_stream.py decodes its chunked framing strictly.
+The cases on its parts (functions of tests/patched/worker_cases.py) run in a fresh
+interpreter that monkey-patches first, as the worker does, with requests parsed and answered
+by gunicorn's own classes over a socket pair. The wire is checked against real gunicorn: here
+behind a body-wrapping middleware, over TLS, and to a client that reads late; elsewhere, every
+test that reads a stream through ``sse-flask serve`` goes through this worker, and
+test_stream.py decodes its chunked framing strictly.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import textwrap
 import time
 import typing as t
 from pathlib import Path
@@ -27,168 +27,33 @@ import httpx_sse
 import pytest
 import requests
 from conftest import Server, need, wait_until
-from test_fanout_gevent import run_ok
+from helpers.patched import run_case
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PRELUDE = """
-from gevent import monkey; monkey.patch_all()
-import os, socket, time
-import gevent
-from gunicorn.config import Config
-from gunicorn.http import wsgi
-from gunicorn.http.parser import RequestParser
-from sse_flask.demo import create_app
-from sse_flask.stream import EventStream
-from sse_flask.worker import _offer_writers
-
-app = create_app()
-
-def answer(request, application=app):
-    '''Parse ``request`` as gunicorn does and call the application through the worker's
-    wrapper; return the body, gunicorn's response and the client's end of the socket.'''
-    server, client = socket.socketpair()
-    client.sendall(request)
-    cfg = Config()
-    req = next(RequestParser(cfg, server, ("127.0.0.1", 1)))
-    response, environ = wsgi.create(req, server, ("127.0.0.1", 1), ("127.0.0.1", 2), cfg)
-    return _offer_writers(application)(environ, response.start_response), response, client
-
-def open_stream(request=b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
-    '''A stream whose headers and retry: gunicorn's response has sent; return it, the
-    rest of its body, the response and the client's end of the socket.'''
-    body, response, client = answer(request)
-    assert isinstance(body, EventStream)
-    frames = iter(body)
-    response.write(next(frames))
-    head = b""
-    while not head.endswith(b"retry: 3000\\n" + (b"\\r\\n" if response.chunked else b"")):
-        head += client.recv(4096)
-    return body, frames, response, client
-
-def writer_of(request=b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"):
-    body, _, response, client = open_stream(request)
-    return body._writer, response, client
-
-def receive(client, size):
-    data = b""
-    while len(data) < size:
-        data += client.recv(65536)
-    return data
-"""
-
+#: Each case's description (its test id), and its function in tests/patched/worker_cases.py.
 CASES = {
-    "a stream answering GET over HTTP/1.1 or 1.0 gets a writer": """
-        for version in (b"1.1", b"1.0"):
-            body, response, _ = answer(b"GET /events HTTP/" + version + b"\\r\\nHost: x\\r\\n\\r\\n")
-            assert isinstance(body, EventStream) and body._writer is not None, version
-            body.close()
-    """,
-    "no writer for HEAD, for a gzipped stream, or for a body a middleware wrapped": """
-        body, _, _ = answer(b"HEAD /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
-        assert getattr(body, "_writer", None) is None  # Flask drops a HEAD's body itself
-        body.close()
-        os.environ["SSE_COMPRESS"] = "1"
-        gzipped = create_app()
-        body, _, _ = answer(b"GET /events HTTP/1.1\\r\\nHost: x\\r\\nAccept-Encoding: gzip\\r\\n\\r\\n", gzipped)
-        assert isinstance(body, EventStream) and body._writer is None
-        body.close()
-
-        def wrapping(environ, start_response):
-            return (chunk for chunk in app.wsgi_app(environ, start_response))
-
-        body, _, _ = answer(b"GET /events HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n", wrapping)
-        assert not isinstance(body, EventStream)
-        body.close()
-        body, response, _ = answer(b"GET /stats HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
-        assert not isinstance(body, EventStream)
-    """,
-    "a frame goes out at once as one chunk, counted in gunicorn's response": """
-        writer, response, client = writer_of()
-        sent = response.sent
-        assert writer.send(b"data: x\\n\\n")
-        assert receive(client, 14) == b"9\\r\\ndata: x\\n\\n\\r\\n"
-        assert response.sent == sent + 9 and writer.rest == b""
-    """,
-    "over HTTP/1.0 a frame goes out as it is": """
-        writer, response, client = writer_of(b"GET /events HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-        assert not response.chunked
-        assert writer.send(b"data: x\\n\\n")
-        assert receive(client, 9) == b"data: x\\n\\n"
-    """,
-    "what the socket does not take is kept, nothing passes it, and flush writes it": """
-        writer, response, client = writer_of()
-        frame = b"data: " + b"x" * 2_000_000 + b"\\n\\n"
-        assert writer.send(frame)
-        assert writer.rest, "a socket pair takes less than 2 MB at once"
-        assert not writer.send(b"data: later\\n\\n")
-        chunk = b"%X\\r\\n" % len(frame) + frame + b"\\r\\n"
-        reader = gevent.spawn(receive, client, len(chunk))
-        writer.flush()
-        assert writer.rest == b"" and reader.get(timeout=10) == chunk
-    """,
-    "a full socket takes nothing, and nothing is kept": """
-        writer, response, client = writer_of()
-        raw = response.sock._sock
-        try:
-            while True:
-                raw.send(b"x" * 65536)
-        except BlockingIOError:
-            pass
-        assert not writer.send(b"data: x\\n\\n")
-        assert writer.rest == b""
-    """,
-    "a closed client takes nothing": """
-        writer, response, client = writer_of()
-        client.close()
-        assert not writer.send(b"data: x\\n\\n")
-    """,
-    "a publish reaches a waiting stream without waking it, and what arrives while it is held goes out in one chunk": """
-        body, frames, response, client = open_stream()
-        server = gevent.spawn(lambda: [response.write(chunk) for chunk in frames])
-        deadline = time.monotonic() + 5
-        # Publish once the stream waits, with its writer offered to the fan-out.
-        while body._subscription._wakeup._waiter is None or body._subscription.direct is None:
-            assert time.monotonic() < deadline, "the stream never waited"
-            gevent.sleep(0.001)
-        sse = app.extensions["sse"].sse
-        with app.app_context():
-            for n in range(3):
-                sse.publish(f"e{n}")
-        received = b""
-        while not received.endswith(b"data: e2\\n\\n\\r\\n"):
-            received += client.recv(4096)
-        chunks, rest = [], received
-        while rest:
-            size, _, rest = rest.partition(b"\\r\\n")
-            chunks.append(rest[: int(size, 16)])
-            assert rest[int(size, 16) : int(size, 16) + 2] == b"\\r\\n"
-            rest = rest[int(size, 16) + 2 :]
-        assert [chunk.count(b"data: e") for chunk in chunks] == [1, 2], chunks
-        assert body._subscription.taken == 0, "the stream's greenlet took frames itself"
-        server.kill()
-    """,
-    "another OS thread than the hub's sends nothing": """
-        writer, response, client = writer_of()
-        results = []
-        start_new_thread = monkey.get_original("_thread", "start_new_thread")
-        start_new_thread(lambda: results.append(writer.send(b"data: x\\n\\n")), ())
-        deadline = time.monotonic() + 5
-        while not results and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        assert results == [False]
-        client.setblocking(False)
-        try:
-            assert client.recv(100) == b""
-        except BlockingIOError:
-            pass
-    """,
+    "a stream answering GET over HTTP/1.1 or 1.0 gets a writer": "writer_for_get",
+    "no writer for HEAD, for a gzipped stream, or for a body a middleware wrapped": "no_writer",
+    "a frame goes out at once as one chunk, counted in gunicorn's response": (
+        "frame_goes_out_at_once"
+    ),
+    "over HTTP/1.0 a frame goes out as it is": "http_1_0_frame_as_it_is",
+    "what the socket does not take is kept, nothing passes it, and flush writes it": (
+        "rest_is_kept_and_flushed"
+    ),
+    "a full socket takes nothing, and nothing is kept": "full_socket_takes_nothing",
+    "a closed client takes nothing": "closed_client_takes_nothing",
+    "a publish reaches a waiting stream without waking it, and what arrives while it is held goes out in one chunk": (
+        "publish_reaches_a_waiting_stream"
+    ),
+    "another OS thread than the hub's sends nothing": "other_thread_sends_nothing",
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_worker_parts(case: str) -> None:
-    run_ok(PRELUDE + textwrap.dedent(CASES[case]))
+    run_case(f"worker_cases:{CASES[case]}")
 
 
 def test_a_middleware_that_wraps_the_body_sees_every_byte(serve: t.Callable[..., Server]) -> None:

@@ -1,0 +1,89 @@
+"""A subscription's wake-up under gevent's monkey-patching, where it is a bare greenlet switch
+rather than an Event (sse_flask.broker.fanout._GreenletWakeup); run by
+tests/test_fanout_gevent.py, one case per fresh patched interpreter."""
+
+from __future__ import annotations
+
+import time
+
+import gevent
+from gevent import monkey
+
+from sse_flask.broker import MemoryBroker
+from sse_flask.broker.fanout import Subscription, _GreenletWakeup
+
+
+def subscribed() -> tuple[MemoryBroker, Subscription]:
+    """A broker and a subscription to its channel ``a``, which waits on a greenlet switch."""
+    broker = MemoryBroker(history=10)
+    sub = broker.subscribe(["a"], None, queue_size=10)
+    assert isinstance(sub._wakeup, _GreenletWakeup), type(sub._wakeup)
+    return broker, sub
+
+
+def timed_wait_times_out() -> None:
+    _, sub = subscribed()
+    started = time.monotonic()
+    assert sub.wait(0.05) == b""
+    assert 0.04 <= time.monotonic() - started < 1
+
+
+def publish_from_greenlet_wakes() -> None:
+    broker, sub = subscribed()
+    gevent.spawn_later(0.02, broker.publish, "a", b"data: x\n\n")
+    with gevent.Timeout(2):
+        assert sub.wait(None).endswith(b"data: x\n\n")
+
+
+def publish_from_os_thread_wakes() -> None:
+    broker, sub = subscribed()
+    start_new_thread = monkey.get_original("_thread", "start_new_thread")
+    thread_sleep = monkey.get_original("time", "sleep")
+    wakeup = sub._wakeup
+    assert isinstance(wakeup, _GreenletWakeup)
+
+    def publish_once_parked() -> None:
+        # Only a greenlet that is already waiting needs waking: publish once it is.
+        deadline = time.monotonic() + 5
+        while wakeup._waiter is None and time.monotonic() < deadline:
+            thread_sleep(0.001)
+        broker.publish("a", b"data: t\n\n")
+
+    start_new_thread(publish_once_parked, ())
+    with gevent.Timeout(2):
+        assert sub.wait(None).endswith(b"data: t\n\n")
+
+
+def pending_frames_return_at_once() -> None:
+    broker, sub = subscribed()
+    broker.publish("a", b"data: 1\n\n")
+    broker.publish("a", b"data: 2\n\n")
+    assert sub.wait(0).count(b"data:") == 2
+
+
+def wake_ends_a_wait() -> None:
+    _, sub = subscribed()
+    gevent.spawn_later(0.02, sub.wake)
+    with gevent.Timeout(2):
+        assert sub.wait(None) == b""
+    started = time.monotonic()
+    assert sub.wait(0.05) == b""
+    assert time.monotonic() - started >= 0.04
+
+
+def held_subscription_is_released() -> None:
+    broker, sub = subscribed()
+    sub.hold()
+    broker.publish("a", b"data: 1\n\n")
+    broker.publish("a", b"data: 2\n\n")
+    with gevent.Timeout(2):
+        assert sub.wait(None).count(b"data:") == 2
+
+
+def close_wakes_a_held_wait() -> None:
+    _, sub = subscribed()
+    sub.hold()
+    gevent.spawn_later(0.02, sub.close)
+    with gevent.Timeout(2):
+        assert sub.wait(None) == b""
+    assert sub.closed is not None
