@@ -16,10 +16,10 @@ alone too, since the socket then carries more than the body's bytes.
 Use it with ``gunicorn -k sse_flask.worker.GeventWorker``; ``sse-flask serve`` and the
 project's ``gunicorn.conf.py`` do.
 
-This module is also the one adapter to what sse-flask uses of gunicorn and gevent beyond
-their documented API: gunicorn's ``Response`` behind ``start_response`` (its socket, framing
-and byte count), the OS socket inside gevent's (``_sock``), the hub's OS thread, for the
-direct writes and for :mod:`sse_flask.stream`'s watch on the client's socket. They were
+This module is also the adapter to what the direct writes and :mod:`sse_flask.stream`'s
+watch on the client's socket use of gunicorn and gevent beyond their documented API:
+gunicorn's ``Response`` behind ``start_response`` (its socket, framing and byte count), the
+OS socket inside gevent's (``_sock``), the hub's OS thread (``thread_ident``). They were
 checked with the versions in :data:`CHECKED_WITH`, which a test pins. Under other versions
 the worker says so in its log when it boots; where one of them is missing, it says that
 too and leaves every stream to gunicorn's own write path, which still delivers every event.
