@@ -16,10 +16,11 @@ alone too, since the socket then carries more than the body's bytes.
 Use it with ``gunicorn -k sse_flask.worker.GeventWorker``; ``sse-flask serve`` and the
 project's ``gunicorn.conf.py`` do.
 
-This module is also the adapter to what the direct writes and :mod:`sse_flask.stream`'s
-watch on the client's socket use of gunicorn and gevent beyond their documented API:
-gunicorn's ``Response`` behind ``start_response`` (its socket, framing and byte count), the
-OS socket inside gevent's (``_sock``), the hub's OS thread (``thread_ident``). They were
+This module is also the adapter to what the direct writes, :mod:`sse_flask.stream`'s watch
+on the client's socket and :mod:`sse_flask.tasks` use of gunicorn and gevent beyond their
+documented API: gunicorn's ``Response`` behind ``start_response`` (its socket, framing and
+byte count), the OS socket inside gevent's (``_sock``), the hub's OS thread
+(``thread_ident``). They were
 checked with the versions in :data:`CHECKED_WITH`, which a test pins. Under other versions
 the worker says so in its log when it boots; where one of them is missing, it says that
 too and leaves every stream to gunicorn's own write path, which still delivers every event.
@@ -41,7 +42,7 @@ from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["CHECKED_WITH", "GeventWorker", "IOWatcher", "watch_socket"]
+__all__ = ["CHECKED_WITH", "GeventWorker", "IOWatcher", "hub_thread", "watch_socket"]
 
 #: The gunicorn and gevent versions whose internals this module was checked against.
 #: tests/test_adapter.py fails when the installed ones differ: check what this module uses
@@ -77,11 +78,17 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
     def load_wsgi(self) -> None:
         super().load_wsgi()
         _check_versions(self.log)
-        hub_thread = getattr(get_hub(), "thread_ident", None)
-        if hub_thread is None:
-            self.log.warning("gevent's hub has no thread_ident: %s", _FALLBACK)
+        thread = hub_thread()
+        if thread is None:
+            self.log.warning("gevent's hub.thread_ident is missing: %s", _FALLBACK)
         elif not self.cfg.is_ssl:
-            self.wsgi = _offer_writers(self.wsgi, self.log, hub_thread)
+            self.wsgi = _offer_writers(self.wsgi, self.log, thread)
+
+
+def hub_thread() -> int | None:
+    """The OS thread that this thread's gevent hub runs in (``None`` if the hub does not
+    say), for the callers that must tell the hub's thread from others."""
+    return getattr(get_hub(), "thread_ident", None)
 
 
 def watch_socket(sock: socket.socket) -> tuple[socket.socket, IOWatcher]:
@@ -112,15 +119,15 @@ class _Missing(Exception):
 
 
 def _offer_writers(
-    app: WSGIApplication, log: _Logger = _log, hub_thread: int | None = None
+    app: WSGIApplication, log: _Logger = _log, thread: int | None = None
 ) -> WSGIApplication:
     """``app``, giving a :class:`_SocketWriter` to each event stream it returns as is (a
     body whose class takes one, ``write_through``), for a plain 200 response to a GET over
     HTTP/1.x. The first internal found missing is logged, and no stream gets one after it.
 
-    :param hub_thread: the OS thread of gevent's hub; by default, the calling thread's hub's.
+    :param thread: the OS thread of gevent's hub; by default, the calling thread's hub's.
     """
-    hub = get_hub().thread_ident if hub_thread is None else hub_thread
+    hub = hub_thread() if thread is None else thread
     fallen_back = False
 
     def application(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
@@ -141,7 +148,7 @@ def _offer_writers(
     return application
 
 
-def _socket_writer(start_response: StartResponse, hub_thread: int) -> _SocketWriter | None:
+def _socket_writer(start_response: StartResponse, thread: int | None) -> _SocketWriter | None:
     """A writer to the socket of the response that ``start_response`` starts, if that is
     gunicorn's HTTP/1.x ``Response`` exactly (HTTP/2 subclasses it) of a 200 without a
     length; raises :class:`_Missing` naming an internal it needs that is not there."""
@@ -159,7 +166,7 @@ def _socket_writer(start_response: StartResponse, hub_thread: int) -> _SocketWri
     if raw is None:
         # gevent's own send would wait for a full socket, blocking the publisher.
         raise _Missing("the OS socket inside gevent's (_sock)")
-    return _SocketWriter(response, raw.send, hub_thread)
+    return _SocketWriter(response, raw.send, thread)
 
 
 class _SocketWriter:
@@ -172,7 +179,9 @@ class _SocketWriter:
 
     __slots__ = ("_hub_thread", "_response", "_send", "_sock", "_thread", "rest")
 
-    def __init__(self, response: Response, send: t.Callable[[bytes], int], hub_thread: int) -> None:
+    def __init__(
+        self, response: Response, send: t.Callable[[bytes], int], thread: int | None
+    ) -> None:
         #: What the socket did not take of the last chunk; the stream writes it, blocking,
         #: before anything else.
         self.rest = b""
@@ -180,7 +189,7 @@ class _SocketWriter:
         self._sock = response.sock
         self._send = send
         self._thread = get_original("_thread", "get_ident")
-        self._hub_thread = hub_thread
+        self._hub_thread = thread
 
     def send(self, data: bytes) -> bool:
         """Send ``data`` as one chunk if the socket takes any of it at once; ``False`` if

@@ -5,6 +5,8 @@ before it boots, what an upgrade of gunicorn or gevent could bring (``ADAPTER_CH
 - ``start_response``: a ``start_response`` that is not a method of gunicorn's ``Response``;
 - ``response``: a ``Response`` without one of the attributes the worker uses (as if gunicorn
   had renamed it: the worker is told to look for one that gunicorn's never had).
+
+A hub without ``thread_ident`` cannot be made here: gevent's own waits need it.
 """
 
 from __future__ import annotations
