@@ -33,7 +33,7 @@ from .events import encode_comment, encode_retry
 from .metrics import metrics, sent
 
 if t.TYPE_CHECKING:
-    from gevent.libev.corecext import io as _IOWatcher
+    from .worker import IOWatcher
 
 __all__ = ["STREAM_HEADERS", "EventStream", "SocketWriter", "stream_response"]
 
@@ -274,9 +274,15 @@ class _PeerWatch:
     """
 
     def __init__(
-        self, sock: socket.socket, subscription: Subscription, watcher: _IOWatcher | None
+        self,
+        sock: socket.socket,
+        subscription: Subscription,
+        raw: socket.socket | None = None,
+        watcher: IOWatcher | None = None,
     ) -> None:
         self._sock = sock
+        #: The socket to peek at without blocking: the OS socket inside gevent's.
+        self._raw = sock if raw is None else raw
         self._subscription = subscription
         self._watcher = watcher
         self._readable = watcher is None
@@ -291,19 +297,18 @@ class _PeerWatch:
             return None
         monkey = sys.modules.get("gevent.monkey")
         if monkey is None or not monkey.is_module_patched("socket"):
-            return cls(sock, subscription, None)
-        import gevent
+            return cls(sock, subscription)
+        from .worker import watch_socket
 
-        return cls(sock, subscription, gevent.get_hub().loop.io(sock.fileno(), 1))
+        return cls(sock, subscription, *watch_socket(sock))
 
     def client_gone(self) -> bool:
         """Whether the client closed its end; ``False`` if the socket was not readable."""
         if not self._readable:
             return False
         self._readable = self._watcher is None
-        raw = getattr(self._sock, "_sock", self._sock)
         try:
-            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             if self._watcher is not None:
                 self._watcher.start(self._on_readable)
@@ -316,7 +321,7 @@ class _PeerWatch:
             self._watcher.close()
 
     def _on_readable(self) -> None:
-        t.cast("_IOWatcher", self._watcher).stop()
+        t.cast("IOWatcher", self._watcher).stop()
         self._readable = True
         self._subscription.wake()
 

@@ -60,6 +60,8 @@ class Task:
         self._in_items = False
         self._greenlet: t.Any = None
         self._hub: t.Any = None
+        #: The OS thread of gevent's hub; ``None`` off gevent, or if the hub does not say.
+        self._hub_thread: int | None = None
         self._thread: t.Callable[[], int] = threading.get_ident
         self._current: t.Callable[[], t.Any] = threading.current_thread
 
@@ -69,7 +71,10 @@ class Task:
         if monkey is not None and monkey.is_module_patched("threading"):
             import gevent
 
+            from .worker import hub_thread
+
             self._hub = gevent.get_hub()
+            self._hub_thread = hub_thread()
             self._thread = monkey.get_original("_thread", "get_ident")
             self._current = gevent.getcurrent
             self._greenlet = gevent.spawn(self._run)
@@ -86,7 +91,9 @@ class Task:
         self.cancelled = True
         if self._hub is None:
             return
-        if self._thread() != self._hub.thread_ident:
+        if self._thread() != self._hub_thread:
+            # From another OS thread (or from any, if the hub's is unknown: this is safe
+            # from the hub's too).
             self._hub.loop.run_callback_threadsafe(self._interrupt)
             return
         current = self._current()
