@@ -1,5 +1,5 @@
 """A subscription's wake-up under gevent's monkey-patching, where it is a bare greenlet
-switch rather than an Event (sse_flask.broker.fanout._GreenletWakeup).
+switch rather than an Event (sse_flask.broker.wakeup.GreenletWakeup).
 
 Monkey-patching cannot be undone inside pytest's process, so each case (a function of
 tests/patched/fanout_cases.py) runs in a fresh interpreter that patches first, as gunicorn's

@@ -32,12 +32,12 @@ import collections
 import enum
 import math
 import os
-import sys
 import threading
 import time
 import typing as t
 
 from ..metrics import sent
+from .wakeup import wakeup
 
 __all__ = ["End", "Fanout", "Subscription"]
 
@@ -132,7 +132,7 @@ class Subscription:
         self.direct: Direct | None = None
         self._on_drop: t.Callable[[], None] | None = None
         self._frames: collections.deque[bytes] = collections.deque()
-        self._wakeup = _wakeup()
+        self._wakeup = wakeup()
         self._limit = limit
         self._fanout = fanout
 
@@ -258,80 +258,6 @@ class Subscription:
         self._frames.clear()
         if self._on_drop is not None:
             self._on_drop()
-
-
-class _Wakeup(t.Protocol):
-    def set(self) -> None: ...
-    def clear(self) -> None: ...
-    def wait(self, timeout: float | None) -> object: ...
-
-
-def _wakeup() -> _Wakeup:
-    """A :class:`threading.Event` for the calling thread to wait on; under gevent's
-    monkey-patching, a :class:`_GreenletWakeup` for the calling greenlet."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
-        return threading.Event()
-    import gevent
-
-    return _GreenletWakeup(gevent.get_hub())
-
-
-class _GreenletWakeup:
-    """An event that one greenlet waits on, woken by a bare switch from the hub.
-
-    gevent's own Event keeps lists of links for any number of waiters, in any thread;
-    one stream has one waiter, and this costs less than half as much per wake-up, which
-    is most of the work when an event fans out to thousands of streams. :meth:`set` from
-    another OS thread than the hub's goes through the loop's thread-safe queue.
-    """
-
-    __slots__ = ("_current", "_flag", "_hub", "_scheduled", "_thread", "_waiter")
-
-    def __init__(self, hub: t.Any) -> None:
-        import gevent.monkey
-
-        self._flag = False
-        self._waiter: t.Any = None
-        self._scheduled = False
-        self._hub = hub
-        self._thread = gevent.monkey.get_original("_thread", "get_ident")
-        self._current = gevent.getcurrent
-
-    def set(self) -> None:
-        self._flag = True
-        if self._waiter is not None and not self._scheduled:
-            self._scheduled = True
-            if self._thread() == self._hub.thread_ident:
-                self._hub.loop.run_callback(self._wake)
-            else:
-                self._hub.loop.run_callback_threadsafe(self._wake)
-
-    def clear(self) -> None:
-        self._flag = False
-
-    def wait(self, timeout: float | None) -> bool:
-        if self._flag:
-            return True
-        self._waiter = self._current()
-        timer = None
-        if timeout is not None:
-            timer = self._hub.loop.timer(timeout)
-            timer.start(self._wake)
-        try:
-            self._hub.switch()
-        finally:
-            self._waiter = None
-            if timer is not None:
-                timer.close()
-        return self._flag
-
-    def _wake(self) -> None:
-        # Runs in the hub. The waiter may have been woken already (time-out, or set()
-        # twice): switch only into a greenlet that is still waiting here.
-        self._scheduled = False
-        if self._waiter is not None:
-            self._waiter.switch()
 
 
 class Fanout:

@@ -1,5 +1,5 @@
 """A subscription's wake-up under gevent's monkey-patching, where it is a bare greenlet switch
-rather than an Event (sse_flask.broker.fanout._GreenletWakeup); run by
+rather than an Event (sse_flask.broker.wakeup.GreenletWakeup); run by
 tests/test_fanout_gevent.py, one case per fresh patched interpreter."""
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import gevent
 from gevent import monkey
 
 from sse_flask.broker import MemoryBroker
-from sse_flask.broker.fanout import Subscription, _GreenletWakeup
+from sse_flask.broker.fanout import Subscription
+from sse_flask.broker.wakeup import GreenletWakeup
 
 
 def subscribed() -> tuple[MemoryBroker, Subscription]:
     """A broker and a subscription to its channel ``a``, which waits on a greenlet switch."""
     broker = MemoryBroker(history=10)
     sub = broker.subscribe(["a"], None, queue_size=10)
-    assert isinstance(sub._wakeup, _GreenletWakeup), type(sub._wakeup)
+    assert isinstance(sub._wakeup, GreenletWakeup), type(sub._wakeup)
     return broker, sub
 
 
@@ -40,7 +41,7 @@ def publish_from_os_thread_wakes() -> None:
     start_new_thread = monkey.get_original("_thread", "start_new_thread")
     thread_sleep = monkey.get_original("time", "sleep")
     wakeup = sub._wakeup
-    assert isinstance(wakeup, _GreenletWakeup)
+    assert isinstance(wakeup, GreenletWakeup)
 
     def publish_once_parked() -> None:
         # Only a greenlet that is already waiting needs waking: publish once it is.

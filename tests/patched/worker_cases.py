@@ -16,7 +16,7 @@ from gunicorn.config import Config
 from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
-from sse_flask.broker.fanout import _GreenletWakeup
+from sse_flask.broker.wakeup import GreenletWakeup
 from sse_flask.demo import create_app
 from sse_flask.stream import EventStream
 from sse_flask.worker import _offer_writers
@@ -143,7 +143,7 @@ def publish_reaches_a_waiting_stream() -> None:
     server = gevent.spawn(lambda: [response.write(chunk) for chunk in frames])
     deadline = time.monotonic() + 5
     wakeup = body._subscription._wakeup
-    assert isinstance(wakeup, _GreenletWakeup)
+    assert isinstance(wakeup, GreenletWakeup)
     # Publish once the stream waits, with its writer offered to the fan-out.
     while wakeup._waiter is None or body._subscription.direct is None:
         assert time.monotonic() < deadline, "the stream never waited"
