@@ -7,11 +7,10 @@ interpreter that patches first, as gunicorn's gevent worker does.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from helpers.interpreter import run_ok
 
 PRELUDE = """
 from gevent import monkey; monkey.patch_all()
@@ -77,17 +76,6 @@ CASES = {
         assert sub.closed is not None
     """,
 }
-
-
-def run_ok(script: str) -> None:
-    """Run ``script`` in a fresh interpreter; it must end by printing ``ok``."""
-    result = subprocess.run(
-        [sys.executable, "-c", script + "\nprint('ok')\n"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -45,7 +45,11 @@ from pathlib import Path
 import httpx_sse._decoders as sse_decoders
 import pytest
 import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler)
-from conftest import RedisServer, Server, StreamClient, need, wait_until
+from helpers.env import need
+from helpers.redis import RedisServer
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -483,7 +487,7 @@ def fuzzing(
 ) -> t.Iterator[Fuzz]:
     """A :class:`Fuzz` of a server started with ``args``; on exit the server stops and the
     report is told, headed by ``label``."""
-    server = Server(args, {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, log, 1)
+    server = Server.serve(args, {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, log, 1)
     try:
         state = Fuzz(server)
         try:

@@ -26,8 +26,10 @@ import httpx
 import httpx_sse
 import pytest
 import requests
-from conftest import Server, need, wait_until
-from test_fanout_gevent import run_ok
+from helpers.env import need
+from helpers.interpreter import run_ok
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
