@@ -15,10 +15,12 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from conftest import Gunicorn, StreamClient, wait_until
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 CONFIG = Path(__file__).resolve().parent / "apps" / "adapter_conf.py"
-WORKER = ["-c", str(CONFIG), "-k", "sse_flask.worker.GeventWorker"]
+WORKER = "sse_flask.worker.GeventWorker"
 VERSIONS_WARNING = "sse_flask.worker was checked with gunicorn"
 FALLBACK_WARNING = "event streams are left to gunicorn's own writes"
 
@@ -43,7 +45,7 @@ def test_installed_versions_are_those_checked() -> None:
     assert installed == checked
 
 
-def delivers(server: Gunicorn, stream: t.Callable[..., StreamClient], label: str) -> None:
+def delivers(server: Server, stream: t.Callable[..., StreamClient], label: str) -> None:
     """A stream opened on ``server`` receives the events published meanwhile."""
     with stream(server.url) as client:
         wait_until(lambda: server.stats()["consumers"] == 1, 10, "the stream")
@@ -63,7 +65,7 @@ def delivers(server: Gunicorn, stream: t.Callable[..., StreamClient], label: str
     ],
 )
 def test_changed_internals_are_logged_once_and_streams_still_deliver(
-    gunicorn: t.Callable[..., Gunicorn],
+    launch: t.Callable[..., Server],
     stream: t.Callable[..., StreamClient],
     change: str,
     warnings: list[str],
@@ -71,7 +73,9 @@ def test_changed_internals_are_logged_once_and_streams_still_deliver(
     """Under the versions checked, the worker logs no warning. Under others, it says so once,
     naming both; with an internal the direct writes need missing, it says which, once, and
     leaves streams to gunicorn. Either way, every stream gets its events."""
-    server = gunicorn("sse_flask.demo:create_app()", *WORKER, env={"ADAPTER_CHANGE": change})
+    server = launch(
+        WORKER, "sse_flask.demo:create_app", "-c", str(CONFIG), env={"ADAPTER_CHANGE": change}
+    )
     delivers(server, stream, "first")
     delivers(server, stream, "second")
     log = server.log()

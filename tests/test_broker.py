@@ -24,7 +24,7 @@ import time
 import typing as t
 
 import pytest
-from conftest import wait_until
+from helpers.wait import wait_until
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from sse_flask.broker import Broker, MemoryBroker, Subscription

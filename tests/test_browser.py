@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, wait_until
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 if t.TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import need
+from helpers.env import need
 
 pytestmark = pytest.mark.redis
 

@@ -8,7 +8,6 @@ instance) whose streams the server ends after about a second, for ``listen`` to 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -21,8 +20,10 @@ import typing as t
 from pathlib import Path
 
 import pytest
-import requests
-from conftest import TESTS, Server, StreamClient, free_port, need, wait_until
+from helpers.env import TESTS, free_port, need
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 import sse_flask
 
@@ -236,7 +237,7 @@ def test_say_to_an_unreachable_url() -> None:
 
 @pytest.fixture(scope="class")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
-    server = Server([], {}, tmp_path_factory.mktemp("cli-demo") / "gunicorn.log", 1)
+    server = Server.serve([], {}, tmp_path_factory.mktemp("cli-demo") / "gunicorn.log", 1)
     yield server
     server.stop()
 
@@ -345,23 +346,22 @@ class TestDemo:
 
 
 class PrefixedServer(Server):
-    """A server whose blueprint is under ``/sse``: conftest's ``Server`` expects ``/healthz``
-    and ``/stats`` at the root, which such an app does not have."""
+    """A server whose blueprint is under ``/sse`` while its own views are at the root:
+    ``stats`` reads ``/sse/stats`` (and it is started with ``healthz="/sse/healthz"``)."""
 
     def stats(self) -> dict[str, t.Any]:
         return dict(self.get("/sse/stats").json())
-
-    def _healthy(self) -> bool:
-        with contextlib.suppress(requests.RequestException):
-            return requests.get(self.url + "/sse/healthz", timeout=2).status_code == 200
-        return False
 
 
 @pytest.fixture(scope="class")
 def custom(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     log = tmp_path_factory.mktemp("cli-custom") / "gunicorn.log"
-    server = PrefixedServer(
-        ["--app", "apps.cli_custom:create_app"], {"SSE_PUBLISH_TOKEN": TOKEN}, log, 1
+    server = PrefixedServer.serve(
+        ["--app", "apps.cli_custom:create_app"],
+        {"SSE_PUBLISH_TOKEN": TOKEN},
+        log,
+        1,
+        healthz="/sse/healthz",
     )
     yield server
     server.stop()
@@ -444,7 +444,7 @@ class TestCustomApp:
 def instance(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
     # listen waits SSE_RETRY_MS before reconnecting: a second in which to publish.
     env = {"SSE_MAX_STREAM_SECONDS": "1", "SSE_RETRY_MS": "1000", "SSE_OPEN_PUBLISH": "true"}
-    server = Server(
+    server = Server.serve(
         ["--app", "apps.cli_instance:app"],
         env,
         tmp_path_factory.mktemp("cli-instance") / "gunicorn.log",

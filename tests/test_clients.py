@@ -30,7 +30,8 @@ import httpx_sse
 import pytest
 import requests
 import sseclient
-from conftest import Server, wait_until
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 #: What is published, and what a conformant client reports for it: (type, sent, received).
 PAYLOADS: list[tuple[str, t.Any, str]] = [

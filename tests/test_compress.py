@@ -9,7 +9,8 @@ import time
 import typing as t
 import zlib
 
-from conftest import Server, StreamClient
+from helpers.servers import Server
+from helpers.sse import StreamClient
 
 
 def raw_body(server: Server, accept_gzip: bool) -> tuple[socket.socket, bytes]:

@@ -29,7 +29,9 @@ import zipfile
 
 import pytest
 import requests
-from conftest import Server, need, wait_until
+from helpers.env import need
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 if t.TYPE_CHECKING:
     from playwright.sync_api import Page, Route

@@ -9,7 +9,9 @@ import os
 import signal
 import typing as t
 
-from conftest import Server, StreamClient, wait_until
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 
 def test_memory_broker_worker_sigkill_says_missed(

@@ -9,10 +9,11 @@ import shutil
 import typing as t
 
 import pytest
-from conftest import RedisServer, need
+from helpers.env import need
 from helpers.fuzz import AUTH, Fuzz, build, check_afterwards, events_case, fuzz_settings, fuzzing
 from helpers.fuzz_strategies import events_arguments, json_bodies
 from helpers.fuzz_verdicts import json_verdict
+from helpers.redis import RedisServer
 from hypothesis import given
 
 # A failing example with a 10 MB body would otherwise fail again, on the size of its repr.

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import RedisServer, Server, free_port, wait_until
+from helpers.env import free_port
+from helpers.redis import RedisServer
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 if t.TYPE_CHECKING:
     from playwright.sync_api import Page

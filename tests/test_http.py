@@ -22,7 +22,9 @@ import httpx
 import httpx_sse
 import pytest
 import requests
-from conftest import Server, StreamClient, wait_until
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 TOKEN = "tok-3f9a"
 WITNESS = "witness"
@@ -111,7 +113,7 @@ def wait_for_streams(server: Server, count: int) -> None:
 
 @pytest.fixture(scope="class")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
-    server = Server([], {}, tmp_path_factory.mktemp("http-demo") / "gunicorn.log", 1)
+    server = Server.serve([], {}, tmp_path_factory.mktemp("http-demo") / "gunicorn.log", 1)
     yield server
     server.stop()
 
@@ -510,7 +512,7 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[Server]:
         "SSE_MAX_CONNECTIONS": "2",
         "SSE_MAX_STREAMS_PER_ADDRESS": "1",
     }
-    server = Server(
+    server = Server.serve(
         ["--app", "apps.http_private:create_app"],
         env,
         tmp_path_factory.mktemp("http-private") / "gunicorn.log",

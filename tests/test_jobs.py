@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import RedisServer, Server, StreamClient, wait_until
 from flask import Flask, g
+from helpers.redis import RedisServer
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 from sse_flask import SSE
 

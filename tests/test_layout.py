@@ -1,5 +1,6 @@
 """The package's shape: no import cycle among its modules, no module over 500 lines, and no
-module on the delivery path writing another object's attributes.
+module on the delivery path writing another object's attributes; and the tests' shape: what
+they share is in ``tests/helpers``, not in conftest or a test module.
 
 STYLE's "One concern per module, each under about 500 lines, and no import cycles (a
 function-local import that dodges one is still one)". Every ``import`` and ``from ... import``
@@ -17,7 +18,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sse_flask"
+TESTS = Path(__file__).resolve().parent
+PACKAGE = TESTS.parent / "sse_flask"
 MAX_LINES = 500
 #: The modules an event goes through from a publish to the client's socket.
 DELIVERY_PATH = ("broker/*.py", "stream.py", "viewstream.py", "worker.py")
@@ -176,3 +178,37 @@ def f(self, sub, items):
     object.__setattr__(sub, "n", 1)
 """
     assert [attribute for attribute, _ in foreign_writes(source)] == list("defgijklmn")
+
+
+def imports_of_tests(source: str) -> list[str]:
+    """The modules that ``source`` imports, anywhere in it, that are conftest or a test
+    module (each ``from`` target; with ``from . import``, the names)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.extend([node.module] if node.module else [alias.name for alias in node.names])
+    return [
+        name
+        for name in found
+        if any(part == "conftest" or part.startswith("test_") for part in name.split("."))
+    ]
+
+
+def test_no_test_imports_conftest_or_another_test_module() -> None:
+    """What tests share lives in ``tests/helpers``: conftest holds fixtures, which pytest
+    hands out, and a test module is pytest's to import, once."""
+    offenders = {
+        str(path.relative_to(TESTS)): names
+        for path in sorted(TESTS.rglob("*.py"))
+        if "node_modules" not in path.parts
+        and (names := imports_of_tests(path.read_text(encoding="utf-8")))
+    }
+    assert offenders == {}
+
+
+def test_test_import_finder_sees_conftest_and_test_modules() -> None:
+    source = "def f():\n    from conftest import x\nimport tests.test_a\nfrom . import test_b\n"
+    assert sorted(imports_of_tests(source)) == ["conftest", "test_b", "tests.test_a"]
+    assert imports_of_tests("from helpers.sse import RawStream\nimport contest\n") == []

@@ -9,8 +9,10 @@ import logging
 import typing as t
 
 import pytest
-from conftest import Gunicorn, Server, StreamClient, wait_until
 from flask import Flask
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 from sse_flask import SSE
 from sse_flask.logs import RedactTokens, redact
@@ -97,11 +99,11 @@ def test_serve_writes_no_token(
     assert token not in server.log()
 
 
-def test_gunicorn_access_log(gunicorn: t.Callable[..., Gunicorn]) -> None:
+def test_gunicorn_access_log(launch: t.Callable[..., Server]) -> None:
     """gunicorn's access log holds the token unless its logger class is sse-flask's."""
     requested: dict[str, str] = {}
 
-    def visit(server: Gunicorn) -> str:
+    def visit(server: Server) -> str:
         requested["token"] = token = server.get("/token", params={"user": "1"}).json()["token"]
         assert (
             server.get("/events", params={"channel": "user:2", "token": token}).status_code == 403
@@ -109,13 +111,13 @@ def test_gunicorn_access_log(gunicorn: t.Callable[..., Gunicorn]) -> None:
         wait_until(lambda: "/events?" in server.log(), 10, "the access log line")
         return server.log()
 
-    plain = visit(gunicorn("apps.tokens_app:create_app()", "--access-logfile", "-"))
+    plain = visit(launch("gevent", "apps.tokens_app:create_app", "--access-logfile", "-"))
     assert requested["token"] in plain, (
         "the access log shows query strings, so the redaction is needed"
     )
     logger_class = ["--logger-class", "sse_flask.logs.GunicornLogger"]
     redacted = visit(
-        gunicorn("apps.tokens_app:create_app()", "--access-logfile", "-", *logger_class)
+        launch("gevent", "apps.tokens_app:create_app", "--access-logfile", "-", *logger_class)
     )
     assert requested["token"] not in redacted
     assert "GET /events?channel=user%3A2&token=[redacted] HTTP/1.1" in redacted

@@ -13,7 +13,9 @@ import socket
 import time
 import typing as t
 
-from conftest import RawStream, Server, StreamClient, wait_until
+from helpers.servers import Server
+from helpers.sse import RawStream, StreamClient
+from helpers.wait import wait_until
 
 
 def sample(server: Server, name: str) -> float:

@@ -23,7 +23,10 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from conftest import TESTS, RawStream, Server, free_port, wait_until
+from helpers.env import TESTS, free_port
+from helpers.servers import Server
+from helpers.sse import RawStream
+from helpers.wait import wait_until
 
 #: How long a start-up failure may take, and how much it may say (issue 17's "done when").
 FAIL_WITHIN = 3.0
@@ -53,7 +56,7 @@ def yourapp(
 ) -> t.Iterator[Server]:
     """``sse-flask serve --app yourapp:create_app --bind 127.0.0.1:PORT`` from ``home``."""
     port = free_port()
-    server = Server(
+    server = Server.serve(
         ["--app", "yourapp:create_app", "--bind", f"127.0.0.1:{port}"],
         newcomer_env(),
         tmp_path_factory.mktemp("yourapp") / "serve.log",
@@ -138,7 +141,7 @@ def test_serve_a_module_level_app_from_the_working_directory(
     """``--app MODULE:APP`` (a Flask instance, not a factory) is imported from the working
     directory too."""
     shutil.copy(TESTS / "apps" / "cli_instance.py", tmp_path)
-    server = Server(
+    server = Server.serve(
         ["--app", "cli_instance:app"],
         newcomer_env(),
         tmp_path / "serve.log",
@@ -238,7 +241,7 @@ def test_sigint_closes_streams_as_sigterm_does(
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it; or to the master
     alone, which stops; or to a worker alone, which the master replaces): each open stream
     ends with the chunked terminator and logs ``stream closed``, instead of being cut off."""
-    server = Server(
+    server = Server.serve(
         ["--app", "yourapp:create_app"],
         newcomer_env(),
         tmp_path / "serve.log",
@@ -278,7 +281,7 @@ def test_plain_gunicorn_with_the_packaged_config(
     """``gunicorn -c python:sse_flask.gunicorn_conf 'yourapp:create_app()' -b 127.0.0.1:PORT``
     from the newcomer's directory serves streams on sse-flask's worker class."""
     port = free_port()
-    server = Server(
+    server = Server.serve(
         ["yourapp:create_app()", "-b", f"127.0.0.1:{port}"],
         newcomer_env(),
         tmp_path / "gunicorn.log",

@@ -14,8 +14,8 @@ import logging
 import typing as t
 
 import pytest
-from conftest import Gunicorn
 from flask import Flask
+from helpers.servers import Server
 from werkzeug.test import TestResponse
 
 from sse_flask import SSE
@@ -173,11 +173,11 @@ def test_open_publish_warns_at_setup(
 # --- under plain gunicorn ------------------------------------------------------------------
 
 
-def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -> None:
+def test_mounted_app_under_plain_gunicorn(launch: t.Callable[..., Server]) -> None:
     """An app that only calls ``sse.init_app(app)``: a GET into a private channel and a form
     posted from another site are refused and publish nothing; with SSE_PUBLISH_TOKEN the
     bearer token publishes, and a foreign form still does not."""
-    closed = gunicorn("apps.mounted:create_app()")
+    closed = launch("gevent", "apps.mounted:create_app")
     phish = closed.get("/say", params={"msg": "phish", "channel": "user:alice"})
     forged = closed.post("/say", data={"data": "forged"}, headers={"Origin": FOREIGN})
     assert (phish.status_code, forged.status_code) == (403, 403)
@@ -188,7 +188,7 @@ def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -
     assert closed.stats()["published"] == 0
     assert "SSE_OPEN_PUBLISH is on" not in closed.log()
 
-    guarded = gunicorn("apps.mounted:create_app()", env={"SSE_PUBLISH_TOKEN": TOKEN})
+    guarded = launch("gevent", "apps.mounted:create_app", env={"SSE_PUBLISH_TOKEN": TOKEN})
     assert guarded.get("/say", params={"msg": "x", "channel": "user:alice"}).status_code == 401
     forged = guarded.post("/say", data={"data": "forged"}, headers={"Origin": FOREIGN, **BEARER})
     assert forged.status_code == 403 and "SSE_CORS_ORIGINS" in forged.json()["error"]
@@ -198,10 +198,10 @@ def test_mounted_app_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -
     assert guarded.stats()["published"] == 1
 
 
-def test_open_publish_warns_under_plain_gunicorn(gunicorn: t.Callable[..., Gunicorn]) -> None:
+def test_open_publish_warns_under_plain_gunicorn(launch: t.Callable[..., Server]) -> None:
     """SSE_OPEN_PUBLISH is logged as a WARNING by the worker that loads the app, without
     ``serve``."""
-    server = gunicorn("apps.mounted:create_app()", env={"SSE_OPEN_PUBLISH": "true"})
+    server = launch("gevent", "apps.mounted:create_app", env={"SSE_OPEN_PUBLISH": "true"})
     assert "SSE_OPEN_PUBLISH is on: /say publishes from anyone" in server.log()
     assert server.get("/say", params={"msg": "x"}).status_code == 200
     assert server.stats()["published"] == 1

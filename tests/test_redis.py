@@ -27,9 +27,13 @@ import httpx_sse
 import httpx_sse._decoders as sse_decoders
 import pytest
 import requests
-from conftest import RawStream, RedisServer, Server, StreamClient, free_port, need, wait_until
+from helpers.env import free_port, need
 from helpers.proxy import Proxy
+from helpers.redis import RedisServer
 from helpers.retry import say_until_answered
+from helpers.servers import Server
+from helpers.sse import RawStream, StreamClient
+from helpers.wait import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

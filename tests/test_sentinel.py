@@ -14,9 +14,13 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer, Server, StreamClient, free_port, need, wait_until
+from helpers.env import free_port, need
 from helpers.proxy import Proxy
+from helpers.redis import RedisServer
 from helpers.retry import say_until_answered
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 from sse_flask.broker.redis_stream import STREAM_KEY
 
@@ -68,26 +72,8 @@ class Sentinels:
     def _redis(self, name: str, *args: str) -> RedisServer:
         directory = self.directory / name
         directory.mkdir()
-        server = RedisServer(directory)
-        server.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(server.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(directory),
-                *args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(server._pong, 10, f"the {name} to answer PING")
+        server = RedisServer(directory, args=args)
+        server.start()
         return server
 
     def _sentinel(self, port: int) -> subprocess.Popen[bytes]:

@@ -10,55 +10,24 @@ from one selector, reconnecting with ``Last-Event-ID`` as a browser does.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import os
-import re
 import selectors
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import typing as t
-from pathlib import Path
 
 import pytest
 import requests
-from conftest import TESTS, RedisServer, need, wait_until
 from flask import Flask
+from helpers.redis import RedisServer
+from helpers.servers import Server
+from helpers.sse import RawStream
+from helpers.wait import wait_until
 
 from sse_flask import SSE
 
 APP = "apps.servers_app:create_app"
-_GUNICORN = [
-    sys.executable,
-    "-m",
-    "gunicorn",
-    "--bind",
-    "127.0.0.1:0",
-    "--no-control-socket",
-    "--workers",
-    "1",
-]
-#: How each server is started, by name.
-COMMANDS = {
-    "sync": [*_GUNICORN, f"{APP}()"],
-    "gthread": [*_GUNICORN, "-k", "gthread", "--threads", "4", f"{APP}()"],
-    "gevent": [*_GUNICORN, "-k", "gevent", f"{APP}()"],
-    "waitress": [
-        sys.executable,
-        "-m",
-        "waitress",
-        "--listen=127.0.0.1:0",
-        "--threads=4",
-        "--call",
-        APP,
-    ],
-    "flask": [sys.executable, "-m", "flask", "--app", APP, "run", "--port", "0"],
-}
-_LISTENING = re.compile(r"(?:Listening at:|Serving on|Running on) http://127\.0\.0\.1:(\d+)")
 _BEAT = {"SSE_HEARTBEAT": "1"}
 #: A worker recycled every 50 to 55 requests: with 100 streams reconnecting, a new worker
 #: boots every few seconds. Those servers are left out of coverage's measurement, which makes
@@ -68,176 +37,35 @@ _RECYCLING = ("--max-requests", "50", "--max-requests-jitter", "5")
 ALARMS = ("WORKER TIMEOUT", "graceful timeout", "Bad file descriptor", "Traceback")
 
 
-class Launched:
-    """A server process in its own session, its output in a log file."""
-
-    def __init__(
-        self, command: list[str], env: dict[str, str], log_path: Path, *, measured: bool = True
-    ) -> None:
-        self.log_path = log_path
-        self.env = env
-        base_env = {key: value for key, value in os.environ.items() if not key.startswith("SSE_")}
-        if not measured:
-            base_env = {k: v for k, v in base_env.items() if not k.startswith("COVERAGE_PROCESS")}
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**base_env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(TESTS), **env},
-                cwd=TESTS,
-                start_new_session=True,
-            )
-        try:
-            self.port = int(wait_until(self._listening, 30, "the server to listen").group(1))
-        except AssertionError as e:
-            self.stop()
-            pytest.fail(f"the server did not start ({e}); its log:\n{self.log()}")
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def ship(self, order: int, timeout: float = 10) -> requests.Response:
-        """The app's own view, which publishes ``{"order": order}``."""
-        return requests.post(
-            f"{self.url}/orders/{order}/ship", timeout=timeout, headers={"Connection": "close"}
-        )
-
-    def consumers(self) -> int:
-        stats = requests.get(
-            self.url + "/stats", timeout=10, headers={"Connection": "close"}
-        ).json()
-        return int(stats["consumers"])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-
-    def _listening(self) -> re.Match[str] | None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"it exited with {self.process.returncode}")
-        return _LISTENING.search(self.log())
+def ship(server: Server, order: int, timeout: float = 10) -> requests.Response:
+    """The app's own view, which publishes ``{"order": order}``."""
+    return server.post(f"/orders/{order}/ship", timeout=timeout)
 
 
-@pytest.fixture
-def launch(tmp_path: Path) -> t.Iterator[t.Callable[..., Launched]]:
-    """``launch(name, *options, env={...})`` starts ``COMMANDS[name]``; stopped at teardown.
-    ``measured=False`` leaves the server out of coverage's measurement."""
-    launched: list[Launched] = []
-
-    def start(
-        name: str, *options: str, env: dict[str, str] | None = None, measured: bool = True
-    ) -> Launched:
-        if name == "waitress":
-            need("waitress", importlib.util.find_spec("waitress"))
-        command = COMMANDS[name]
-        # Options go before the app, gunicorn's last argument; after the others' arguments.
-        at = -1 if command[2] == "gunicorn" else len(command)
-        command = [*command[:at], *options, *command[at:]]
-        log = tmp_path / f"{name}-{len(launched)}.log"
-        server = Launched(command, env or {}, log, measured=measured)
-        launched.append(server)
-        return server
-
-    yield start
-    for server in launched:
-        server.stop()
+def consumers(server: Server) -> int:
+    return int(server.stats()["consumers"])
 
 
-class Client:
-    """One stream over a raw socket: status, the events a browser would dispatch, whether
-    the replay has come, and the time of the last heartbeat comment."""
-
-    def __init__(self, port: int, last_event_id: str | None = None) -> None:
-        self.port = port
-        self.status: int | None = None
-        self.headers = ""
-        self.body = b""
-        self.events: list[tuple[str, str, str]] = []  # (type, data, id)
-        self.last_event_id = last_event_id
-        self.heartbeat_at = 0.0
-        self.ended = False
-        self.opened_at = time.monotonic()
-        self.replayed = False
-        self._buffer = b""
-        self._fields: dict[str, str] = {}
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-        self.sock.sendall(f"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\n{resume}\r\n".encode())
-        self.sock.setblocking(False)
-
-    def read(self) -> None:
-        """Take what the socket has; sets :attr:`ended` at the end of the response."""
-        try:
-            chunk = self.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except ConnectionError:
-            chunk = b""
-        if not chunk:
-            self.ended = True
-            return
-        self._buffer += chunk
-        if self.status is None:
-            head, found, rest = self._buffer.partition(b"\r\n\r\n")
-            if not found:
-                return
-            self.status = int(head.split(b" ", 2)[1])
-            self.headers = head.decode("latin-1")
-            self._buffer = rest
-        if self.status != 200:
-            self.body, self._buffer = self.body + self._buffer, b""
-            return
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            self._line(line.decode())
-
-    def data(self, event: str = "shipped") -> list[t.Any]:
-        return [json.loads(data) for kind, data, _ in self.events if kind == event]
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _line(self, line: str) -> None:
-        """One line of the stream, as a browser reads it (the stream only sends LF)."""
-        name, _, value = line.partition(":")
-        if not line:
-            fields, self._fields = self._fields, {}
-            if "id" in fields:
-                self.last_event_id = fields["id"]
-            if "data" in fields:
-                self.events.append(
-                    (fields.get("event", "message"), fields["data"], fields.get("id", ""))
-                )
-        elif not name:
-            self.heartbeat_at = time.monotonic()
-        elif name == "retry":
-            # The stream's first line, written with the replay in one chunk.
-            self.replayed = True
-        else:
-            self._fields[name] = value.removeprefix(" ")
+def open_stream(port: int, last_event_id: str | None = None) -> RawStream:
+    """A stream over HTTP/1.0 (no chunked framing to undo), from ``last_event_id`` if given."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else None
+    return RawStream(port, headers=headers, version="HTTP/1.0")
 
 
 class Clients:
-    """Many :class:`Client` read from one selector; with ``reconnect``, a stream that ends
+    """Many :class:`RawStream` read from one selector; with ``reconnect``, a stream that ends
     is opened again at once with its last event id, as a browser with a zero retry would."""
 
     def __init__(self, port: int, *, reconnect: bool = False) -> None:
         self.port = port
         self.reconnect = reconnect
-        self.all: list[Client] = []
+        self.all: list[RawStream] = []
         self._selector = selectors.DefaultSelector()
         #: For each stream, its connections one after another (``all`` holds the latest).
-        self.history: list[list[Client]] = []
+        self.history: list[list[RawStream]] = []
 
-    def open(self, count: int) -> list[Client]:
-        opened = [self._open(Client(self.port)) for _ in range(count)]
+    def open(self, count: int) -> list[RawStream]:
+        opened = [self._open(open_stream(self.port)) for _ in range(count)]
         self.history.extend([client] for client in opened)
         return opened
 
@@ -248,29 +76,28 @@ class Clients:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout} s waiting for {message}")
             for key, _ in self._selector.select(0.05):
-                client = t.cast(Client, key.data)
-                client.read()
-                if client.ended:
+                client = t.cast(RawStream, key.data)
+                client.pump(0.01)
+                if client.eof:
                     self._ended(client)
 
-    def close(self, clients: t.Iterable[Client]) -> None:
+    def close(self, clients: t.Iterable[RawStream]) -> None:
         for client in list(clients):
-            if not client.ended:
-                client.ended = True
+            if not client.eof:
                 self._selector.unregister(client.sock)
                 client.close()
 
-    def _open(self, client: Client) -> Client:
+    def _open(self, client: RawStream) -> RawStream:
         self._selector.register(client.sock, selectors.EVENT_READ, client)
         self.all.append(client)
         return client
 
-    def _ended(self, client: Client) -> None:
+    def _ended(self, client: RawStream) -> None:
         self._selector.unregister(client.sock)
         client.close()
         # A connection closed before its answer (a stopping worker's) is retried too.
         if self.reconnect and client.status in (200, None):
-            successor = self._open(Client(self.port, client.last_event_id))
+            successor = self._open(open_stream(self.port, client.last_event_id))
             self.all.remove(client)
             next(h for h in self.history if h[-1] is client).append(successor)
 
@@ -290,7 +117,7 @@ def readers() -> t.Iterator[t.Callable[[int], Clients]]:
         clients.close(clients.all)
 
 
-def _check_departures(server: Launched, clients: Clients, heartbeat: float) -> None:
+def _check_departures(server: Server, clients: Clients, heartbeat: float) -> None:
     """Close every stream right after a heartbeat (so that a first write after the close,
     which succeeds, would come a whole heartbeat later): all are removed within two
     heartbeats plus 2 s, and, where the server shows the socket, within one and a bit."""
@@ -303,25 +130,25 @@ def _check_departures(server: Launched, clients: Clients, heartbeat: float) -> N
     clients.close(clients.all)
     closed = time.monotonic()
     wait_until(
-        lambda: server.consumers() == 0, 2 * heartbeat + 2, "the departed clients to be removed"
+        lambda: consumers(server) == 0, 2 * heartbeat + 2, "the departed clients to be removed"
     )
     assert time.monotonic() - closed < heartbeat + 1
 
 
-def _ship_reaches(server: Launched, clients: Clients, streams: list[Client], order: int) -> None:
-    response = server.ship(order, timeout=5)
+def _ship_reaches(server: Server, clients: Clients, streams: list[RawStream], order: int) -> None:
+    response = ship(server, order, timeout=5)
     assert response.status_code == 200, response.text
     clients.pump(
-        lambda: all({"order": order} in c.data() for c in streams),
+        lambda: all({"order": order} in c.data("shipped") for c in streams),
         10,
         f"order {order} on every stream",
     )
 
 
 def test_sync_worker_refuses_streams_at_once_and_serves_the_app(
-    launch: t.Callable[..., Launched],
+    launch: t.Callable[..., Server],
 ) -> None:
-    server = launch("sync")
+    server = launch("sync", APP)
     for _ in range(2):
         started = time.monotonic()
         response = requests.get(server.url + "/events", timeout=5, headers={"Connection": "close"})
@@ -329,20 +156,20 @@ def test_sync_worker_refuses_streams_at_once_and_serves_the_app(
         assert response.status_code == 503
         error = response.json()["error"]
         assert "-k gevent" in error and "-k gthread --threads" in error
-    assert server.ship(1).status_code == 200
+    assert ship(server, 1).status_code == 200
     assert server.log().count("/events refuses every stream in this worker") == 1
 
 
 @pytest.mark.parametrize("name", ["gthread", "waitress"])
 def test_threaded_server_keeps_a_thread_for_the_app(
-    launch: t.Callable[..., Launched], readers: t.Callable[[int], Clients], name: str
+    launch: t.Callable[..., Server], readers: t.Callable[[int], Clients], name: str
 ) -> None:
     heartbeat = 2
-    server = launch(name, env={"SSE_HEARTBEAT": str(heartbeat)})
+    server = launch(name, APP, env={"SSE_HEARTBEAT": str(heartbeat)})
     clients = readers(server.port)
     first = clients.open(2)
     clients.pump(lambda: all(c.status == 200 for c in first), 5, "two streams to open")
-    wait_until(lambda: server.consumers() == 2, 5, "two streams")
+    wait_until(lambda: consumers(server) == 2, 5, "two streams")
     _ship_reaches(server, clients, first, 1)
     more = clients.open(5)
     clients.pump(
@@ -351,9 +178,9 @@ def test_threaded_server_keeps_a_thread_for_the_app(
     # 4 threads: 3 streams, one thread for everything else.
     assert sorted(c.status or 0 for c in more) == [200, 503, 503, 503, 503]
     refused = [c for c in more if c.status == 503]
-    clients.pump(lambda: all(c.ended for c in refused), 5, "the refusals' bodies")
+    clients.pump(lambda: all(c.eof for c in refused), 5, "the refusals' bodies")
     assert all(
-        "Retry-After:" in c.headers and "gevent" in json.loads(c.body)["error"] for c in refused
+        "retry-after" in c.headers and "gevent" in json.loads(c.body)["error"] for c in refused
     )
     clients.close(refused)
     clients.all = [c for c in clients.all if c.status == 200]
@@ -363,14 +190,14 @@ def test_threaded_server_keeps_a_thread_for_the_app(
 
 @pytest.mark.parametrize("name", ["gevent", "flask"])
 def test_stream_per_connection_server(
-    launch: t.Callable[..., Launched], readers: t.Callable[[int], Clients], name: str
+    launch: t.Callable[..., Server], readers: t.Callable[[int], Clients], name: str
 ) -> None:
     heartbeat = 2
-    server = launch(name, env={"SSE_HEARTBEAT": str(heartbeat)})
+    server = launch(name, APP, env={"SSE_HEARTBEAT": str(heartbeat)})
     clients = readers(server.port)
     streams = clients.open(2)
     clients.pump(lambda: all(c.status == 200 for c in streams), 5, "two streams to open")
-    wait_until(lambda: server.consumers() == 2, 5, "two streams")
+    wait_until(lambda: consumers(server) == 2, 5, "two streams")
     _ship_reaches(server, clients, streams, 1)
     _check_departures(server, clients, heartbeat)
 
@@ -397,18 +224,18 @@ class _Publisher(threading.Thread):
 
 
 def test_max_requests_recycles_cleanly_with_the_memory_broker(
-    launch: t.Callable[..., Launched], readers: t.Callable[..., Clients]
+    launch: t.Callable[..., Server], readers: t.Callable[..., Clients]
 ) -> None:
-    server = launch("gevent", *_RECYCLING, env=_BEAT, measured=False)
+    server = launch("gevent", APP, *_RECYCLING, env=_BEAT, measured=False)
     # Through the app's view, since its worker holds the history.
-    _recycle(server, readers(server.port, reconnect=True), lambda order: server.ship(order, 5).ok)
+    _recycle(server, readers(server.port, reconnect=True), lambda order: ship(server, order, 5).ok)
 
 
 def test_max_requests_recycles_cleanly_with_redis(
-    launch: t.Callable[..., Launched], readers: t.Callable[..., Clients], redis_server: RedisServer
+    launch: t.Callable[..., Server], readers: t.Callable[..., Clients], redis_server: RedisServer
 ) -> None:
     env = {**_BEAT, "SSE_BROKER_URL": redis_server.url}
-    server = launch("gevent", *_RECYCLING, env=env, measured=False)
+    server = launch("gevent", APP, *_RECYCLING, env=env, measured=False)
     # From this process, as a script or another service would: not a request of the worker's.
     app = Flask(__name__)
     app.config["SSE_BROKER_URL"] = redis_server.url
@@ -423,7 +250,7 @@ def test_max_requests_recycles_cleanly_with_redis(
         app.extensions["sse"].broker.close()
 
 
-def _recycle(server: Launched, clients: Clients, ship: t.Callable[[int], bool]) -> None:
+def _recycle(server: Server, clients: Clients, ship: t.Callable[[int], bool]) -> None:
     # One worker serves at most 55 requests and 100 streams reconnect to it: it recycles
     # over and over, each time with streams open, for as long as the test runs.
     _publish_through(
@@ -436,12 +263,12 @@ def _recycle(server: Launched, clients: Clients, ship: t.Callable[[int], bool]) 
 
 
 def test_reload_refuses_publishes_at_once_and_closes_streams_once_not_accepting(
-    launch: t.Callable[..., Launched], readers: t.Callable[..., Clients]
+    launch: t.Callable[..., Server], readers: t.Callable[..., Clients]
 ) -> None:
     """SIGHUP: the old worker's in-process broker refuses publishes from the signal (or
     they would split between two histories, out of order), and its streams close once it
     has closed its listener (or they would reconnect into it: 'Bad file descriptor')."""
-    server = launch("gevent", env=_BEAT)
+    server = launch("gevent", APP, env=_BEAT)
     clients = readers(server.port, reconnect=True)
     reloaded: list[float] = []
 
@@ -454,7 +281,7 @@ def test_reload_refuses_publishes_at_once_and_closes_streams_once_not_accepting(
     _publish_through(
         server,
         clients,
-        lambda order: server.ship(order, 5).ok,
+        lambda order: ship(server, order, 5).ok,
         reload_once_streams_have_events,
         "a reload",
     )
@@ -462,7 +289,7 @@ def test_reload_refuses_publishes_at_once_and_closes_streams_once_not_accepting(
 
 
 def _publish_through(
-    server: Launched,
+    server: Server,
     clients: Clients,
     ship: t.Callable[[int], bool],
     until: t.Callable[[], bool],
@@ -485,8 +312,8 @@ def _publish_through(
     # replay (written with the stream's first line); workers may go on recycling meanwhile.
     clients.pump(
         lambda: all(
-            last in connections[-1].data()
-            or any(c.opened_at > stopped and c.replayed for c in connections)
+            last in connections[-1].data("shipped")
+            or any(c.opened_at > stopped and c.retry is not None for c in connections)
             for connections in clients.history
         ),
         # Workers recycle every 50 requests meanwhile, each booting anew (slower still under
@@ -502,7 +329,7 @@ def _publish_through(
     assert len(publisher.shipped) >= (1 if memory else 100)
     missed = 0
     for connections in clients.history:
-        received = [item["order"] for c in connections for item in c.data()]
+        received = [item["order"] for c in connections for item in c.data("shipped")]
         assert received == sorted(set(received)), "an order arrived twice, or out of order"
         # A stream that has no event yet has no id to resume from: it starts live each time.
         lost = {order for order in publisher.shipped if received and order > received[0]}
@@ -515,15 +342,15 @@ def _publish_through(
 
 def _resumable(clients: Clients) -> int:
     """Streams that have had an event, and so resume from its id when they reconnect."""
-    return sum(any(c.data() for c in connections) for connections in clients.history)
+    return sum(any(c.data("shipped") for c in connections) for connections in clients.history)
 
 
-def test_dev_server_without_threads_refuses_streams(launch: t.Callable[..., Launched]) -> None:
-    server = launch("flask", "--without-threads")
+def test_dev_server_without_threads_refuses_streams(launch: t.Callable[..., Server]) -> None:
+    server = launch("flask", APP, "--without-threads")
     response = requests.get(server.url + "/events", timeout=5)
     assert response.status_code == 503
     assert "one request at a time" in response.json()["error"]
-    assert server.ship(1).ok
+    assert ship(server, 1).ok
 
 
 @pytest.mark.parametrize(("max_connections", "admitted"), [(None, 4), ("6", 6)])

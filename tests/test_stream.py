@@ -21,7 +21,9 @@ import typing as t
 from pathlib import Path
 
 import pytest
-from conftest import RawStream, Server, StreamClient, wait_until
+from helpers.servers import Server
+from helpers.sse import RawStream, StreamClient
+from helpers.wait import wait_until
 
 Serve = t.Callable[..., Server]
 Stream = t.Callable[..., StreamClient]
@@ -30,164 +32,7 @@ Stream = t.Callable[..., StreamClient]
 # --- reading the wire -------------------------------------------------------------------
 
 
-class Wire(RawStream):
-    """A raw stream whose response is decoded: status, headers, the de-chunked body, and
-    the body's frames (the server ends each line with LF and each frame with a blank line)."""
-
-    def __init__(
-        self, port: int, path: str = "/events", headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(port, path, headers)
-        self.eof = False
-        self._body: list[bytes] = []
-        self._offset = -1  # where the next chunk-size line starts in ``received``
-        self._next = -1  # where the next response starts in ``received``, once this one ended
-        self.ended = False  # the terminating zero-size chunk arrived
-
-    def reuse(self, path: str = "/events") -> Wire:
-        """Send another request on this connection, kept alive after this response ended, as
-        a browser's connection pool does; return its response."""
-        assert self.ended, "the response has not ended"
-        again = Wire.__new__(Wire)
-        again.sock, again.received, again.eof = self.sock, b"", False
-        again._body, again._offset, again._next, again.ended = [], -1, -1, False
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        again.feed(self.received[self._next :])
-        return again
-
-    # reading
-
-    def pump(self, timeout: float) -> bool:
-        """Receive what arrives within ``timeout`` seconds; ``False`` on time-out or EOF."""
-        if self.eof:
-            return False
-        self.sock.settimeout(max(0.01, timeout))
-        try:
-            chunk = self.sock.recv(65536)
-        except TimeoutError:
-            return False
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            return False
-        self.feed(chunk)
-        return True
-
-    def feed(self, chunk: bytes) -> None:
-        self.received += chunk
-        self._decode()
-
-    def wait_for(
-        self, predicate: t.Callable[[Wire], t.Any], timeout: float = 10, what: str = ""
-    ) -> t.Any:
-        """Read until ``predicate(self)`` is true; return its value."""
-        deadline = time.monotonic() + timeout
-        while not (result := predicate(self)):
-            remaining = deadline - time.monotonic()
-            if self.eof or remaining <= 0:
-                state = "the connection closed" if self.eof else f"timed out after {timeout} s"
-                raise AssertionError(
-                    f"waiting for {what or predicate}: {state}; body so far {self.body[-800:]!r}"
-                )
-            self.pump(min(remaining, 0.2))
-        return result
-
-    def wait_closed(self, timeout: float) -> None:
-        """Until the response ends (terminating chunk) or the connection closes."""
-        self.wait_for(lambda wire: wire.ended or wire.eof, timeout, "the stream to end")
-
-    # decoding
-
-    @property
-    def head(self) -> bytes:
-        return self.received.partition(b"\r\n\r\n")[0]
-
-    @property
-    def status(self) -> int:
-        return int(self.head.split(b" ", 2)[1])
-
-    @property
-    def headers(self) -> dict[str, str]:
-        lines = self.head.decode("latin-1").split("\r\n")[1:]
-        return {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in lines)
-        }
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self._body)
-
-    def frames(self) -> list[bytes]:
-        """Complete frames, without their final blank line, without comment lines and
-        without the stream's opening ``retry:`` line, which has no blank line of its own."""
-        frames = []
-        body = re.sub(rb"^retry: \d+\n", b"", self.body)
-        for frame in body.split(b"\n\n")[:-1]:
-            lines = [line for line in frame.split(b"\n") if not line.startswith(b":")]
-            if lines:
-                frames.append(b"\n".join(lines))
-        return frames
-
-    def events(self) -> list[dict[str, t.Any]]:
-        """Frames that a browser dispatches (those with data), as their fields, in order.
-        ``lines`` keeps each frame's lines as sent."""
-        events = []
-        for frame in self.frames():
-            lines = frame.decode("utf-8").split("\n")
-            fields: dict[str, t.Any] = {"lines": lines, "data": []}
-            for line in lines:
-                name, _, value = line.partition(":")
-                value = value.removeprefix(" ")
-                if name == "data":
-                    fields["data"].append(value)
-                elif name not in fields:
-                    fields[name] = value
-            if fields["data"]:
-                fields["data"] = "\n".join(fields["data"])
-                events.append(fields)
-        return events
-
-    def comments(self) -> list[bytes]:
-        """Complete comment lines (heartbeats); a data: line never starts with a colon."""
-        return [line for line in self.body.split(b"\n")[:-1] if line.startswith(b":")]
-
-    def _decode(self) -> None:
-        if self._offset < 0:
-            end = self.received.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            self._offset = end + 4
-        data = self.received
-        if "transfer-encoding" not in self.headers:  # an error answer, with Content-Length
-            length = int(self.headers.get("content-length", "0"))
-            if len(data) >= self._offset + length:
-                self._body = [data[self._offset : self._offset + length]]
-                self._next = self._offset + length
-                self.ended = True
-            return
-        assert self.headers["transfer-encoding"] == "chunked", self.head
-        while not self.ended:
-            line_end = data.find(b"\r\n", self._offset)
-            if line_end < 0:
-                return
-            size = int(data[self._offset : line_end].split(b";")[0], 16)
-            start = line_end + 2
-            if len(data) < start + size + 2:
-                return
-            assert data[start + size : start + size + 2] == b"\r\n", data[
-                start + size - 20 : start + size + 20
-            ]
-            if size == 0:
-                self.ended = True
-                self._next = start + 2  # no trailers
-                return
-            self._body.append(data[start : start + size])
-            self._offset = start + size + 2
-
-
-OpenWire = t.Callable[..., Wire]
+OpenWire = t.Callable[..., RawStream]
 
 
 @pytest.fixture
@@ -195,7 +40,7 @@ def raw() -> t.Iterator[OpenWire]:
     """Open raw streams: ``raw(server, path="/events", headers=None, ready=True)``; closed at
     teardown. With ``ready``, return once the ``retry:`` has arrived, when the subscription
     exists."""
-    opened: list[Wire] = []
+    opened: list[RawStream] = []
 
     def open_wire(
         server: Server,
@@ -203,8 +48,8 @@ def raw() -> t.Iterator[OpenWire]:
         headers: dict[str, str] | None = None,
         *,
         ready: bool = True,
-    ) -> Wire:
-        stream = Wire(server.port, path, headers)
+    ) -> RawStream:
+        stream = RawStream(server.port, path, headers)
         opened.append(stream)
         if ready:
             stream.wait_for(
@@ -217,7 +62,9 @@ def raw() -> t.Iterator[OpenWire]:
         stream.close()
 
 
-def pump_all(wires: t.Sequence[Wire], done: t.Callable[[Wire], bool], timeout: float) -> None:
+def pump_all(
+    wires: t.Sequence[RawStream], done: t.Callable[[RawStream], bool], timeout: float
+) -> None:
     """Read every wire, in one thread, until ``done`` holds for each or ``timeout`` passes."""
     pending = [wire for wire in wires if not done(wire)]
     deadline = time.monotonic() + timeout
@@ -843,7 +690,7 @@ def test_a_stopping_worker_ends_streams_opened_after_the_stop(
     Served there, it would hear nothing published on the new worker until the graceful
     timeout (10 s). Refusing it (any status but 200) would do as well."""
     first = raw(server)
-    reconnected: list[Wire] = []
+    reconnected: list[RawStream] = []
     ended: list[float] = []
 
     def reconnect() -> None:

@@ -8,9 +8,10 @@ import typing as t
 
 import itsdangerous
 import pytest
-from conftest import Server, StreamClient
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers.servers import Server
+from helpers.sse import StreamClient
 
 from sse_flask import SSE
 from sse_flask.config import load_settings

@@ -8,15 +8,15 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import sys
 import time
 import typing as t
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Process, Server, wait_until
 from flask import Flask
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 from sse_flask import SSE
 
@@ -53,7 +53,7 @@ class ViewServer(t.NamedTuple):
 def view_server(
     request: pytest.FixtureRequest,
     serve: t.Callable[..., Server],
-    launch: t.Callable[..., Process],
+    launch: t.Callable[..., Server],
     tmp_path: Path,
 ) -> ViewServer:
     notes = tmp_path / "happened.log"
@@ -63,31 +63,9 @@ def view_server(
         server = serve(app=app, env=env)
         return ViewServer(request.param, server.url, server.log, notes)
     if request.param == "gunicorn -k gevent":
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            "gevent",
-            "--bind",
-            "127.0.0.1:0",
-            "--no-control-socket",
-            f"{app}()",
-        ]
-        process = launch(command, env=env, listening=r"Listening at: http://127\.0\.0\.1:(\d+)")
+        process = launch("gevent", app, env=env)
     else:
-        command = [
-            sys.executable,
-            "-m",
-            "flask",
-            "--app",
-            app,
-            "run",
-            "--port",
-            "0",
-            "--with-threads",
-        ]
-        process = launch(command, env=env, listening=r"Running on http://127\.0\.0\.1:(\d+)")
+        process = launch("flask", app, "--with-threads", env=env)
     return ViewServer(request.param, process.url, process.log, notes)
 
 

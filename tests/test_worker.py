@@ -26,8 +26,10 @@ import httpx
 import httpx_sse
 import pytest
 import requests
-from conftest import Server, need, wait_until
+from helpers.env import need
 from helpers.patched import run_case
+from helpers.servers import Server
+from helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 

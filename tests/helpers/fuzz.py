@@ -39,10 +39,12 @@ from pathlib import Path
 
 import httpx_sse._decoders as sse_decoders
 import pytest
-from conftest import Server, StreamClient, wait_until
 from hypothesis import HealthCheck, settings
 
 from helpers.fuzz_verdicts import HELLO, MAX_DATA, Verdict, query_pairs, valid_channel
+from helpers.servers import Server
+from helpers.sse import StreamClient
+from helpers.wait import wait_until
 
 TOKEN = "fuzz-Tok.3f9a"
 AUTH = f"Bearer {TOKEN}"
@@ -349,7 +351,7 @@ def fuzzing(
 ) -> t.Iterator[Fuzz]:
     """A :class:`Fuzz` of a server started with ``args``; on exit the server stops and the
     report is told, headed by ``label``."""
-    server = Server(args, {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, log, 1)
+    server = Server.serve(args, {"SSE_PUBLISH_TOKEN": TOKEN, "SSE_HEARTBEAT": "2"}, log, 1)
     try:
         state = Fuzz(server)
         try:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typing as t
 
-from conftest import wait_until
+from helpers.wait import wait_until
 
 if t.TYPE_CHECKING:
-    from conftest import Server
+    from helpers.servers import Server
 
 
 def say_until_answered(server: Server, data: str, timeout: float = 30) -> str:
