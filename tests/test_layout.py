@@ -212,3 +212,28 @@ def test_test_import_finder_sees_conftest_and_test_modules() -> None:
     source = "def f():\n    from conftest import x\nimport tests.test_a\nfrom . import test_b\n"
     assert sorted(imports_of_tests(source)) == ["conftest", "test_b", "tests.test_a"]
     assert imports_of_tests("from helpers.sse import RawStream\nimport contest\n") == []
+
+
+def test_architecture_draws_the_module_graph_as_it_is() -> None:
+    """ARCHITECTURE.md's module graph: one line per module with what it imports, each module
+    above everything it imports, exactly as the code has it."""
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    block = text.split("## The module graph", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    drawn: dict[str, set[str]] = {}
+    order: list[str] = []
+    for line in filter(None, block.splitlines()):
+        module, _, targets = line.partition("->")
+        order.append(module.strip())
+        drawn[module.strip()] = {target.strip() for target in targets.split(",") if target.strip()}
+
+    def short(module: str) -> str:
+        return module if module == "sse_flask" else module.removeprefix("sse_flask.")
+
+    actual = {
+        short(module): {short(target) for target in targets if not module.startswith(f"{target}.")}
+        for module, targets in graph().items()
+    }
+    assert drawn == actual
+    for module, targets in drawn.items():
+        below = order[order.index(module) + 1 :]
+        assert targets <= set(below), f"{module} imports a module drawn above it"
