@@ -222,9 +222,9 @@ def test_architecture_draws_the_module_graph_as_it_is() -> None:
     drawn: dict[str, set[str]] = {}
     order: list[str] = []
     for line in filter(None, block.splitlines()):
-        module, _, targets = line.partition("->")
+        module, _, listed = line.partition("->")
         order.append(module.strip())
-        drawn[module.strip()] = {target.strip() for target in targets.split(",") if target.strip()}
+        drawn[module.strip()] = {target.strip() for target in listed.split(",") if target.strip()}
 
     def short(module: str) -> str:
         return module if module == "sse_flask" else module.removeprefix("sse_flask.")
@@ -234,6 +234,6 @@ def test_architecture_draws_the_module_graph_as_it_is() -> None:
         for module, targets in graph().items()
     }
     assert drawn == actual
-    for module, targets in drawn.items():
+    for module, imported in drawn.items():
         below = order[order.index(module) + 1 :]
-        assert targets <= set(below), f"{module} imports a module drawn above it"
+        assert imported <= set(below), f"{module} imports a module drawn above it"
