@@ -44,6 +44,8 @@ def storm_seconds(r: Result | None) -> float | None:
     if not _ok(r) or r is None or "storm" not in r["load"]:
         return None
     storm = r["load"]["storm"]
+    if storm["streams"] < 0.99 * r["streams"]:
+        return None
     if SERVERS[r["server"]].replays:
         return None if storm["recovered_seconds"] is None else float(storm["recovered_seconds"])
     if storm["headers_seconds"] is None or storm["counted_seconds"] is None:
@@ -332,6 +334,11 @@ def _load_problems(r: Result) -> str:
             f"{_server_cpu(r):.0f}%: other processes competed for the core, so this figure understates the server"
         )
     storm = load.get("storm") or {}
+    if storm and storm["streams"] < r["subscribed"]:
+        lines.append(
+            f"only {storm['streams']:,} of the {r['subscribed']:,} streams received the event "
+            "published before the drop, and took part in the storm"
+        )
     if storm.get("stale_after_drop"):
         lines.append(
             f"the server still counted {storm['stale_after_drop']:,} streams "
@@ -471,7 +478,9 @@ def _storm_section(results: list[Result], servers: list[str], meta: dict[str, t.
         storm = r["load"]["storm"]
         replays = SERVERS[name].replays
         figure = seconds(storm_seconds(r))
-        if storm_seconds(r) is None:
+        if storm["streams"] < 0.99 * n:
+            figure = f"{storm['streams']:,} of {n:,} streams: see below"
+        elif storm_seconds(r) is None:
             done = storm["recovered"] if replays else storm["reconnected"]
             figure = f"not all: {done:,} of {storm['streams']:,}"
         headers, recovered = storm.get("headers_ms") or {}, storm.get("recovered_ms") or {}
@@ -523,7 +532,8 @@ def _curve_section(
         f"{meta.get('curve_duration', 5):g} s at each rate: every event is stamped with its scheduled "
         f"send time and handed then to whichever of {meta.get('pool', 64)} concurrent publishers is free, "
         "so a slow answer delays no later publish and the wait for a publisher counts in the latency (no "
-        "coordinated omission); *late*: publishes issued more than 1 ms after their scheduled time. "
+        "coordinated omission); *late*: publishes issued more than 1 ms after their scheduled time, or "
+        "never, because no publisher was free before the end of the window. "
         f"The rates are fractions of {top:,.0f} deliveries/s ({meta.get('rate_max_source') or '?'}).\n"
     )
     out.append(
@@ -541,7 +551,13 @@ def _curve_section(
             out.append(
                 f"| {title} | {offered:,.0f} | {offered / top:.0%} | {load['deliveries_per_second']:,.0f} | "
                 f"{_ms(_latency(r, 'p50'))} | {_ms(_latency(r, 'p99'))} | {_loss(r)} | "
-                f"{load['publishes_late']:,} of {load['published'] + load['publish_failed']:,} | "
+                f"{load['publishes_late']:,} of {load['published'] + load['publish_failed'] + load['publishes_unissued']:,}"
+                + (
+                    f" ({load['publishes_unissued']:,} never issued)"
+                    if load["publishes_unissued"]
+                    else ""
+                )
+                + " | "
                 f"{_server_cpu_text(r)} | {_cpu_text(r, 'load')} |"
             )
     out.append("")

@@ -125,10 +125,10 @@ def run_scenario(
             window_timeout = plan.curve_duration + 30
             window = plan.curve_duration
         elif mode == "storm":
-            # Priming (5 s at most), the drop (10 s), the server letting go (15 s), the storm.
+            # Priming (10 s at most), the drop (10 s), the server letting go (15 s), the storm.
             args = ["-mode", "storm", "-streams", str(streams), "-missed", str(plan.missed),
-                    "-drain", "5", "-storm-timeout", "60"] + (["-replay"] if server.replays else [])  # fmt: skip
-            window_timeout = 5 + 10 + 15 + 60 + 30
+                    "-drain", "10", "-storm-timeout", "60"] + (["-replay"] if server.replays else [])  # fmt: skip
+            window_timeout = 10 + 10 + 15 + 60 + 30
             window = 30
         else:
             args = ["-mode", "fanout", "-streams", str(streams), "-events", str(plan.events),

@@ -30,7 +30,8 @@
 //	            its scheduled time to whichever of -pool concurrent publishers is free, with
 //	            the scheduled time as its "t" (a slow answer delays no later publish, and the
 //	            wait for a free publisher counts in the latency); a publish issued more than
-//	            1 ms after its scheduled time is counted late.
+//	            1 ms after its scheduled time is counted late, and so is one that no
+//	            publisher was free to issue before the end of -duration (it is not sent).
 //	storm:      a reconnect storm: one event is published and received by every stream,
 //	            every connection is closed by this side at once, -missed events are
 //	            published, and every stream reconnects at once (no batches) with
@@ -612,7 +613,7 @@ func run(o options) map[string]any {
 	say("window-start")
 	windowStart := now()
 	var windowEnd, lastPublish int64
-	late := 0
+	late, unissued := 0, 0
 	var stormResult map[string]any
 	switch o.mode {
 	case "throughput":
@@ -670,6 +671,11 @@ func run(o options) map[string]any {
 			if wait := due - now(); wait > 0 {
 				time.Sleep(time.Duration(wait))
 			}
+			if now() >= stop {
+				// Scheduled in the window, but no publisher was free before it ended.
+				unissued = int((float64(stop-windowStart)+interval-1)/interval) - i
+				break
+			}
 			jobs <- due
 		}
 		close(jobs)
@@ -677,7 +683,7 @@ func run(o options) map[string]any {
 		g.windowEnd.Store(windowEnd)
 		say("window-end")
 		pw.Wait()
-		late = int(lateCount.Load())
+		late = int(lateCount.Load()) + unissued
 		lastPublish = now()
 	case "storm":
 		stormResult = storm(o, streams, pub, g, dropFirst, func(s *stream) {
@@ -760,6 +766,7 @@ func run(o options) map[string]any {
 		"publish_errors":       pub.errors,
 		"publish_rtt_ms":       summarize(pub.rtts),
 		"publishes_late":       late,
+		"publishes_unissued":   unissued,
 		"expected":             expected,
 		"received":             received,
 		"lost":                 expected - received,
