@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick         # 1,000 streams, 3 s of throughput
     python benchmarks/run.py --only sse_flask,go
 
-Writes results.md, results.json and fanout.png to benchmarks/results/ (a --quick run to
+Writes results.md, results.json, fanout.png and latency.png to benchmarks/results/ (a --quick run to
 benchmarks/results/quick/) and prints the table. See benchmarks/README.md.
 """
 
@@ -28,13 +28,20 @@ from harness import compression, procs, report
 from harness.scenario import Plan, run_scenario
 from harness.servers import BENCH_DIR, SERVERS, build_go
 
+#: the options that override a field of the Plan of the same name
+_PLAN_OPTIONS = (
+    "duration", "clients", "publishers", "events", "rate", "storm", "missed", "curve_duration",
+)  # fmt: skip
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="1,000 streams, 3 s throughput, 10 events at 5/s"
+        "--quick",
+        action="store_true",
+        help="1,000 streams, 3 s throughput, 10 events at 5/s, a storm of 1,000, 3 s per rate",
     )
     parser.add_argument("--only", help=f"comma-separated servers, of: {', '.join(SERVERS)}")
     parser.add_argument("--skip", help="comma-separated servers to leave out")
@@ -44,6 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publishers", type=int, help="throughput publishers (default 4)")
     parser.add_argument("--events", type=int, help="fanout events (default 20)")
     parser.add_argument("--rate", type=float, help="fanout events per second (default 2)")
+    parser.add_argument("--storm", type=int, help="reconnect storm streams (default 10000)")
+    parser.add_argument(
+        "--missed", type=int, help="events published while the storm's streams are away (50)"
+    )
+    parser.add_argument(
+        "--rate-max",
+        type=float,
+        metavar="DELIVERIES",
+        help="deliveries/s the latency curve's rates are fractions of (default: Go's throughput)",
+    )
+    parser.add_argument(
+        "--curve-duration", type=float, help="seconds at each rate of the latency curve (5)"
+    )
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -52,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         help="before each measurement, wait up to this long for both cores to be under 25%% busy",
     )
     parser.add_argument("--no-throughput", action="store_true", help="fanout only")
-    parser.add_argument("--no-fanout", action="store_true", help="throughput only")
+    parser.add_argument("--no-fanout", action="store_true", help="leave out the fanout")
+    parser.add_argument("--no-storm", action="store_true", help="leave out the reconnect storm")
+    parser.add_argument(
+        "--no-curve", action="store_true", help="leave out the latency-throughput curve"
+    )
     parser.add_argument(
         "--no-gzip", action="store_true", help="leave out the SSE_COMPRESS byte saving"
     )
@@ -92,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             streams=(1000,),
             events=10,
             rate=5.0,
+            storm=1000,
+            curve_duration=3.0,
         )
     overrides: dict[str, t.Any] = {}
     if args.streams:
         overrides["streams"] = tuple(int(n) for n in args.streams.split(","))
     overrides["quiet_wait"] = args.wait_quiet
-    for key in ("duration", "clients", "publishers", "events", "rate"):
+    for key in _PLAN_OPTIONS:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     plan = Plan(**{**plan.__dict__, **overrides})
@@ -110,28 +136,49 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupted)
     results: list[dict[str, t.Any]] = []
     saved: list[dict[str, t.Any]] = []
+    rate_max: tuple[float, str] | None = None
     started = time.monotonic()
     try:
         binaries = build_go(
             Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench"
         )
         with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
+
+            def measure(name: str, mode: str, streams: int, offered: float | None = None) -> None:
+                what = f"{offered:,.0f} deliveries/s offered, " if offered is not None else ""
+                print(
+                    f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {what}{streams:,} streams",
+                    flush=True,
+                )
+                profile = None
+                if args.profile and SERVERS[name].ours:
+                    suffix = f"-{offered:.0f}" if offered is not None else ""
+                    profile = out / f"profile-{name}-{mode}-{streams}{suffix}.speedscope.json"
+                result = run_scenario(
+                    SERVERS[name], mode, streams, plan, binaries, Path(tmp),
+                    profile=profile, offered=offered,
+                )  # fmt: skip
+                results.append(result)
+                print("         " + _one_line(result), flush=True)
+
             scenarios = [] if args.no_throughput else [("throughput", plan.clients)]
             scenarios += [] if args.no_fanout else [("fanout", n) for n in plan.streams]
+            scenarios += [] if args.no_storm else [("storm", plan.storm)]
             for mode, streams in scenarios:
                 for name in names:
+                    measure(name, mode, streams)
+            if not args.no_curve:
+                rate_max = _rate_max(args.rate_max, results)
+                if rate_max is None:
                     print(
-                        f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {streams:,} streams",
+                        "         no latency curve: it needs Go's throughput from this run "
+                        "(go in --only, and no --no-throughput) or --rate-max",
                         flush=True,
                     )
-                    profile = None
-                    if args.profile and SERVERS[name].ours:
-                        profile = out / f"profile-{name}-{mode}-{streams}.speedscope.json"
-                    result = run_scenario(
-                        SERVERS[name], mode, streams, plan, binaries, Path(tmp), profile=profile
-                    )
-                    results.append(result)
-                    print("         " + _one_line(result), flush=True)
+                else:
+                    for fraction in plan.curve:
+                        for name in names:
+                            measure(name, "rate", plan.clients, offered=fraction * rate_max[0])
             if "sse_flask" in names and not args.no_gzip:
                 print(
                     f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True
@@ -161,11 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "seconds": round(time.monotonic() - started),
         "loadavg": loadavg,
-        **{
-            key: getattr(plan, key)
-            for key in ("clients", "publishers", "duration", "events", "rate")
-        },
+        **{key: getattr(plan, key) for key in (*_PLAN_OPTIONS, "pool")},
         "streams": list(plan.streams),
+        "curve": list(plan.curve),
+        "rate_max": rate_max[0] if rate_max else None,
+        "rate_max_source": rate_max[1] if rate_max else None,
         "compression": saved,
     }
     _write_report(results, meta, out)
@@ -179,13 +226,27 @@ def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: 
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=1) + "\n"
     )
-    drawn = report.plot(results, out / "fanout.png")
+    drawn = [
+        path
+        for path, draw in ((out / "fanout.png", report.plot), (out / "latency.png", report.plot_curve))
+        if draw(results, path)
+    ]  # fmt: skip
     print()
     print(text)
     print(
-        f"written: {out / 'results.md'}, {out / 'results.json'}"
-        + (f", {out / 'fanout.png'}" if drawn else "")
+        "written: " + ", ".join(str(p) for p in [out / "results.md", out / "results.json", *drawn])
     )
+
+
+def _rate_max(given: float | None, results: list[dict[str, t.Any]]) -> tuple[float, str] | None:
+    """The deliveries/s the latency curve's rates are fractions of, and where it came from:
+    ``--rate-max``, or Go's throughput measured in this run."""
+    if given is not None:
+        return given, "--rate-max"
+    for r in results:
+        if r["server"] == "go" and r["mode"] == "throughput" and not r.get("error") and "load" in r:
+            return float(r["load"]["deliveries_per_second"]), "Go's throughput in this run"
+    return None
 
 
 def _select(only: str | None, skip: str | None) -> list[str]:
@@ -206,9 +267,28 @@ def _one_line(r: dict[str, t.Any]) -> str:
     load = r["load"]
     lat = load.get("latency_ms") or {}
     parts = [f"held {r['subscribed']:,}", f"lost {load['lost']:,}/{load['expected']:,}"]
-    if r["mode"] == "throughput":
+    if r["mode"] in ("throughput", "rate"):
         parts.insert(0, f"{load['deliveries_per_second']:,.0f} deliveries/s")
-    if lat:
+    if r["mode"] == "rate":
+        parts.append(f"late {load['publishes_late']:,}")
+    if r["mode"] == "storm" and "storm" in load:
+        storm = load["storm"]
+        replay = (
+            f"replayed {report.seconds(storm['recovered_seconds'])}, missed lost "
+            f"{storm['missed_lost']:,}"
+            if SERVERS[r["server"]].replays
+            else "no replay"
+        )
+        parts = [
+            f"held {r['subscribed']:,}",
+            f"connect {r['connect_seconds']:.2f} s",
+            f"storm: headers {report.seconds(storm['headers_seconds'])}, counted "
+            f"{report.seconds(storm['counted_seconds'])}, {replay}",
+            f"streams with duplicates {storm['streams_with_duplicate']:,}",
+            f"backlog {r.get('listen_backlog')}, listen overflows "
+            f"{r.get('tcp_counters', {}).get('ListenOverflows', 0):,}",
+        ]
+    elif lat:
         parts.append(f"p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} max {lat['max']:.1f} ms")
     parts.append(
         f"server CPU {r['server_cpu_percent'] + r['redis_cpu_percent']:.0f}%, load CPU {r['load_cpu_percent']:.0f}%"

@@ -12,6 +12,7 @@ SIGTERM, so that no server outlives a run.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import queue
 import random
@@ -35,10 +36,12 @@ __all__ = [
     "core_busy_seconds",
     "cpu_seconds",
     "free_port",
+    "listen_backlog",
     "rss_bytes",
     "session_pids",
     "start",
     "stop_all",
+    "tcp_counters",
     "wait_for",
 ]
 
@@ -254,6 +257,33 @@ def rss_bytes(pids: t.Iterable[int]) -> int:
         except OSError:
             pass
     return total
+
+
+def listen_backlog(port: int) -> int | None:
+    """The accept queue's length limit of the socket listening on 127.0.0.1:``port``, as the
+    kernel applies it (the backlog asked for, capped at net.core.somaxconn): the Send-Q
+    column of ``ss``; None if ``ss`` is missing or nothing listens there."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+        if len(out) >= 3:
+            return int(out[2])
+    return None
+
+
+#: /proc/net/netstat TcpExt counters a listen queue's overflow moves
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop")
+
+
+def tcp_counters() -> dict[str, int]:
+    """:data:`TCP_COUNTERS` from /proc/net/netstat: counts since boot, for the whole host."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines()]
+    for names, values in itertools.pairwise(lines):
+        if names[0] == "TcpExt:" and values[0] == "TcpExt:":
+            counters = dict(zip(names[1:], values[1:]))
+            return {name: int(counters.get(name, 0)) for name in TCP_COUNTERS}
+    return dict.fromkeys(TCP_COUNTERS, 0)
 
 
 def free_port() -> int:

@@ -1,5 +1,6 @@
-"""The report: a markdown table of every figure with sse_flask's ratio to each peer, and a
-PNG of fanout latency against the number of streams."""
+"""The report: a markdown table of every figure with sse_flask's ratio to each peer, a PNG
+of fanout latency against the number of streams, and one of p99 latency against the offered
+rate (the latency-throughput curve)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from .servers import SERVERS
 
-__all__ = ["markdown", "plot"]
+__all__ = ["markdown", "plot", "plot_curve", "seconds", "storm_seconds"]
 
 Result = dict[str, t.Any]
 
@@ -36,15 +37,45 @@ def _latency(r: Result | None, key: str) -> float | None:
     return float(r["load"]["latency_ms"][key])
 
 
+def storm_seconds(r: Result | None) -> float | None:
+    """The storm's figure: for a server that replays, the time until every stream had every
+    event it missed; for one that does not, until every stream had its response headers and
+    the server's stats counted them all. None if that never happened."""
+    if not _ok(r) or r is None or "storm" not in r["load"]:
+        return None
+    storm = r["load"]["storm"]
+    if storm["streams"] < 0.99 * r["streams"]:
+        return None
+    if SERVERS[r["server"]].replays:
+        return None if storm["recovered_seconds"] is None else float(storm["recovered_seconds"])
+    if storm["headers_seconds"] is None or storm["counted_seconds"] is None:
+        return None
+    return max(float(storm["headers_seconds"]), float(storm["counted_seconds"]))
+
+
+def _connect_seconds(r: Result | None, n: int) -> float | None:
+    """The time to open and register ``n`` streams, 500 at a time (if it held 99% of them)."""
+    if not _ok(r) or r is None or r.get("subscribed", 0) < 0.99 * n:
+        return None
+    return float(r["connect_seconds"])
+
+
 def _figures(results: list[Result], server: str, top: int) -> dict[str, float | None]:
-    """The headline figures of ``server``: throughput, fanout at ``top`` streams, memory."""
+    """The headline figures of ``server``: throughput, fanout at ``top`` streams, memory,
+    the time to connect ``top`` streams (or the storm's, without a fanout), the storm."""
     thr = _find(results, server, "throughput")
     fan = _find(results, server, "fanout", top)
+    storm = _find(results, server, "storm")
+    connect = _connect_seconds(fan, top) if fan else None
+    if fan is None and storm is not None:
+        connect = _connect_seconds(storm, storm["streams"])
     return {
         "deliveries": thr["load"]["deliveries_per_second"] if thr and "load" in thr else None,
         # A server that held fewer than 99% of the streams has no figure to compare.
         "p99": _latency(fan, "p99") if fan and fan.get("subscribed", 0) >= 0.99 * top else None,
         "memory": fan["memory_per_stream"] / 1024 if fan and "memory_per_stream" in fan else None,
+        "connect": connect,
+        "storm": storm_seconds(storm),
     }
 
 
@@ -53,6 +84,8 @@ _COLUMNS = {
     "deliveries": ("throughput, deliveries/s", True),
     "p99": ("fanout p99", False),
     "memory": ("memory per idle stream", False),
+    "connect": ("connect-and-register", False),
+    "storm": ("reconnect storm", False),
 }
 
 
@@ -60,6 +93,10 @@ def _num(value: float | None, digits: int = 0, unit: str = "") -> str:
     if value is None:
         return "—"
     return f"{value:,.{digits}f}{unit}"
+
+
+def seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.2f} s"
 
 
 def _ms(value: float | None) -> str:
@@ -199,6 +236,9 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
             )
     out.append("")
 
+    out.extend(_storm_section(results, servers, meta))
+    out.extend(_curve_section(results, servers, ours, peers, meta))
+
     if meta.get("compression"):
         out.append("## gzip (SSE_COMPRESS)\n")
         out.append(
@@ -293,6 +333,17 @@ def _load_problems(r: Result) -> str:
             f"the server's core was {r['server_core_busy_percent']:.0f}% busy but the server got "
             f"{_server_cpu(r):.0f}%: other processes competed for the core, so this figure understates the server"
         )
+    storm = load.get("storm") or {}
+    if storm and storm["streams"] < r["subscribed"]:
+        lines.append(
+            f"only {storm['streams']:,} of the {r['subscribed']:,} streams received the event "
+            "published before the drop, and took part in the storm"
+        )
+    if storm.get("stale_after_drop"):
+        lines.append(
+            f"the server still counted {storm['stale_after_drop']:,} streams "
+            f"{storm['release_seconds']:.0f} s after they were dropped"
+        )
     if r["mode"] == "fanout" and load.get("out_of_order"):
         lines.append(
             f"{load['out_of_order']:,} deliveries arrived out of publish order (one publisher)"
@@ -386,6 +437,198 @@ def plot(results: list[Result], path: Path) -> bool:
     ax.set_ylabel("fanout latency, ms (log scale; solid p99, dotted p50)")
     ax.set_yscale("log")
     ax.set_title("Fanout latency against streams, one core each side")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _storm_section(results: list[Result], servers: list[str], meta: dict[str, t.Any]) -> list[str]:
+    rows = [(name, r) for name in servers if (r := _find(results, name, "storm")) is not None]
+    if not rows:
+        return []
+    n = rows[0][1]["streams"]
+    out = ["## Reconnect storm\n"]
+    out.append(
+        f"{n:,} streams, each having received one event, are closed by the client side at once; "
+        f"{meta.get('missed', 50)} events are published; then all of them reconnect at once with "
+        "`Last-Event-ID`. *Storm*: for a server that replays (sse_flask), the time from the start of the "
+        "reconnect until every stream has every event it missed; for one that does not (every peer), the "
+        "plain reconnect: until every stream has its response headers and the server's `/stats` counts "
+        "them all. *Connect-and-register*: opening the streams in the first place, 500 at a time, each "
+        "batch counted by `/stats` before the next (no backlog overflow), in the fanout run at the same "
+        "size and in this run. *Backlog*: the listen socket's accept queue limit (`ss`, capped at "
+        "net.core.somaxconn); overflows, drops and SYN cookies are the host's TcpExt counters over the "
+        "measurement (a dropped SYN is retried by the client after 1 s, then 3 s).\n"
+    )
+    out.append(
+        "| server | storm | measured as | all headers | all counted by /stats | per stream: headers p50 / p99 "
+        "| per stream: replayed p50 / p99 | missed events lost (streams) | streams with duplicates "
+        "| connect-and-register (fanout) | connect-and-register (this run) | backlog "
+        "| listen overflows / drops / SYN cookies | server CPU |"
+    )
+    out.append("|---|---:|---|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|")
+    for name, r in rows:
+        title = SERVERS[name].title
+        if not _ok(r) or "storm" not in r["load"]:
+            out.append(f"| {title} | failed: see below |" + " |" * 12)
+            continue
+        storm = r["load"]["storm"]
+        replays = SERVERS[name].replays
+        figure = seconds(storm_seconds(r))
+        if storm["streams"] < 0.99 * n:
+            figure = f"{storm['streams']:,} of {n:,} streams: see below"
+        elif storm_seconds(r) is None:
+            done = storm["recovered"] if replays else storm["reconnected"]
+            figure = f"not all: {done:,} of {storm['streams']:,}"
+        headers, recovered = storm.get("headers_ms") or {}, storm.get("recovered_ms") or {}
+        tcp = r.get("tcp_counters") or {}
+        fan = _find(results, name, "fanout", n)
+        out.append(
+            f"| {title} | {figure} | {'replay' if replays else 'plain reconnect (no replay)'} | "
+            f"{seconds(storm['headers_seconds'])} | {seconds(storm['counted_seconds'])} | "
+            f"{_ms(headers.get('p50'))} / {_ms(headers.get('p99'))} | "
+            + (
+                f"{_ms(recovered.get('p50'))} / {_ms(recovered.get('p99'))} | "
+                if replays
+                else "— | "
+            )
+            + (
+                f"{storm['missed_lost']:,} ({storm['streams_with_loss']:,}) | "
+                if replays
+                else "— | "
+            )
+            + f"{storm['streams_with_duplicate']:,} | {seconds(_connect_seconds(fan, n))} | "
+            f"{seconds(_connect_seconds(r, n))} | {r.get('listen_backlog') or '?'} | "
+            f"{tcp.get('ListenOverflows', 0):,} / {tcp.get('ListenDrops', 0):,} / "
+            f"{tcp.get('SyncookiesSent', 0):,} | {_server_cpu_text(r)} |"
+        )
+    out.append("")
+    return out
+
+
+def _curve(results: list[Result], server: str) -> list[Result]:
+    return sorted(
+        (r for r in results if r["server"] == server and r["mode"] == "rate"),
+        key=lambda r: float(r["offered"]),
+    )
+
+
+def _curve_section(
+    results: list[Result],
+    servers: list[str],
+    ours: list[str],
+    peers: list[str],
+    meta: dict[str, t.Any],
+) -> list[str]:
+    if not any(r["mode"] == "rate" for r in results):
+        return []
+    top = meta.get("rate_max") or 1.0
+    out = ["## Latency against offered rate\n"]
+    out.append(
+        f"{meta['clients']} streams; events published at a fixed rate, open loop, for "
+        f"{meta.get('curve_duration', 5):g} s at each rate: every event is stamped with its scheduled "
+        f"send time and handed then to whichever of {meta.get('pool', 64)} concurrent publishers is free, "
+        "so a slow answer delays no later publish and the wait for a publisher counts in the latency (no "
+        "coordinated omission); *late*: publishes issued more than 1 ms after their scheduled time, or "
+        "never, because no publisher was free before the end of the window. "
+        f"The rates are fractions of {top:,.0f} deliveries/s ({meta.get('rate_max_source') or '?'}).\n"
+    )
+    out.append(
+        "| server | offered deliveries/s | of the maximum | achieved deliveries/s | latency p50 | latency p99 "
+        "| loss | late publishes | server CPU | load CPU |"
+    )
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in servers:
+        for r in _curve(results, name):
+            title, offered = SERVERS[name].title, float(r["offered"])
+            if not _ok(r):
+                out.append(f"| {title} | {offered:,.0f} | failed: see below |" + " |" * 7)
+                continue
+            load = r["load"]
+            out.append(
+                f"| {title} | {offered:,.0f} | {offered / top:.0%} | {load['deliveries_per_second']:,.0f} | "
+                f"{_ms(_latency(r, 'p50'))} | {_ms(_latency(r, 'p99'))} | {_loss(r)} | "
+                f"{load['publishes_late']:,} of {load['published'] + load['publish_failed'] + load['publishes_unissued']:,}"
+                + (
+                    f" ({load['publishes_unissued']:,} never issued)"
+                    if load["publishes_unissued"]
+                    else ""
+                )
+                + " | "
+                f"{_server_cpu_text(r)} | {_cpu_text(r, 'load')} |"
+            )
+    out.append("")
+    offered_rates = sorted({float(r["offered"]) for r in results if r["mode"] == "rate"})
+    if ours and peers:
+        out.append(
+            "p99 latency, sse_flask's ÷ the peer's, at each offered rate (below 1 is better; ✓ where "
+            "sse_flask is ahead).\n"
+        )
+        out.append(
+            "| sse_flask row | peer | " + " | ".join(f"{o / top:.0%}" for o in offered_rates) + " |"
+        )
+        out.append("|---|---|" + "---:|" * len(offered_rates))
+        for mine in ours:
+            for peer in peers:
+                cells = [SERVERS[mine].title, SERVERS[peer].title]
+                mine_p99 = {float(r["offered"]): _latency(r, "p99") for r in _curve(results, mine)}
+                peer_p99 = {float(r["offered"]): _latency(r, "p99") for r in _curve(results, peer)}
+                for o in offered_rates:
+                    a, b = mine_p99.get(o), peer_p99.get(o)
+                    if a is None or not b:
+                        cells.append("—")
+                    else:
+                        cells.append(f"{a / b:.2f}×" + (" ✓" if a < b else ""))
+                out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def plot_curve(results: list[Result], path: Path) -> bool:
+    """Draw p99 (solid) and p50 (dotted) latency against the offered rate, a line per server.
+
+    Returns ``False`` without drawing if matplotlib is missing or no rate was measured.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    drawn = False
+    for index, (name, server) in enumerate(SERVERS.items()):
+        points = [
+            (float(r["offered"]), p99, _latency(r, "p50") or p99)
+            for r in _curve(results, name)
+            if _ok(r) and (p99 := _latency(r, "p99")) is not None
+        ]
+        if not points:
+            continue
+        color = f"C{index}"
+        xs = [p[0] for p in points]
+        ax.plot(
+            xs,
+            [p[1] for p in points],
+            marker="o",
+            color=color,
+            linewidth=2.6 if server.ours else 1.6,
+            label=f"{server.title} p99",
+        )
+        ax.plot(xs, [p[2] for p in points], linestyle=":", color=color, linewidth=1.2)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.set_xlabel("offered deliveries/s (events/s × streams), open loop")
+    ax.set_ylabel("latency, ms (log scale; solid p99, dotted p50)")
+    ax.set_yscale("log")
+    ax.set_title("Latency against offered rate, one core each side")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -38,6 +38,14 @@ class Plan:
     events: int = 20
     rate: float = 2.0
     settle: float = 1.0
+    #: the reconnect storm: streams, and the events published while they are away
+    storm: int = 10000
+    missed: int = 50
+    #: the latency-throughput curve: offered rates as fractions of the maximum, seconds at
+    #: each, and the publishers that issue them
+    curve: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 1.0)
+    curve_duration: float = 5.0
+    pool: int = 64
     #: wait up to this many seconds for both cores to be quiet (under 25% busy) first
     quiet_wait: float = 0.0
 
@@ -51,10 +59,14 @@ def run_scenario(
     workdir: Path,
     *,
     profile: Path | None = None,
+    offered: float | None = None,
 ) -> dict[str, t.Any]:
     """Start ``server`` afresh, run the load generator in ``mode`` with ``streams`` streams
     and return the figures; never raises for a server that misbehaves (the reason goes in
     ``"error"``), and stops every process it started.
+
+    :param offered: the ``rate`` mode's offered deliveries per second (events per second
+        times ``streams``).
 
     :param profile: where to write a py-spy profile (speedscope) of the server's newest
         process (the gunicorn worker) over the measurement window; py-spy runs on the load
@@ -62,6 +74,9 @@ def run_scenario(
     """
     label = f"{server.name}-{mode}-{streams}"
     result: dict[str, t.Any] = {"server": server.name, "mode": mode, "streams": streams}
+    if offered is not None:
+        result["offered"] = offered
+        label += f"-{offered:.0f}"
     deadline = time.monotonic() + plan.quiet_wait
     busy = _background_busy(plan)
     while max(busy) > 25 and time.monotonic() < deadline:
@@ -93,6 +108,7 @@ def run_scenario(
             pids = procs.session_pids(srv.pid)
             return pids + (procs.session_pids(redis.pid) if redis is not None else [])
 
+        result["listen_backlog"] = procs.listen_backlog(port)
         time.sleep(0.3)
         result["rss_empty"] = procs.rss_bytes(server_pids())
         result["server_processes"] = len(server_pids())
@@ -101,10 +117,24 @@ def run_scenario(
             args = ["-mode", "throughput", "-streams", str(streams), "-publishers", str(plan.publishers),
                     "-duration", str(plan.duration), "-drain", "5"]  # fmt: skip
             window_timeout = plan.duration + 30
+            window = plan.duration
+        elif mode == "rate":
+            assert offered is not None
+            args = ["-mode", "rate", "-streams", str(streams), "-rate", str(offered / streams),
+                    "-duration", str(plan.curve_duration), "-pool", str(plan.pool), "-drain", "5"]  # fmt: skip
+            window_timeout = plan.curve_duration + 30
+            window = plan.curve_duration
+        elif mode == "storm":
+            # Priming (10 s at most), the drop (10 s), the server letting go (15 s), the storm.
+            args = ["-mode", "storm", "-streams", str(streams), "-missed", str(plan.missed),
+                    "-drain", "10", "-storm-timeout", "60"] + (["-replay"] if server.replays else [])  # fmt: skip
+            window_timeout = 10 + 10 + 15 + 60 + 30
+            window = 30
         else:
             args = ["-mode", "fanout", "-streams", str(streams), "-events", str(plan.events),
                     "-rate", str(plan.rate), "-drain", "10"]  # fmt: skip
             window_timeout = plan.events / plan.rate + 60
+            window = plan.events / plan.rate + 2
         connect_timeout = 30 + streams / 100
         deadline = connect_timeout + window_timeout + 60
         load = procs.start(
@@ -135,7 +165,6 @@ def run_scenario(
 
         cpu_server_0, cpu_load_0 = procs.cpu_seconds(server_pids()), procs.cpu_seconds([load.pid])
         redis_cpu_0 = procs.cpu_seconds(procs.session_pids(redis.pid)) if redis is not None else 0.0
-        window = plan.duration if mode == "throughput" else plan.events / plan.rate + 2
         spy = (
             _start_py_spy(max(procs.session_pids(srv.pid)), profile, window, plan, workdir)
             if profile
@@ -144,10 +173,13 @@ def run_scenario(
         if spy is not None:
             started.append(spy)
         cores_0 = procs.core_busy_seconds(plan.server_cpu), procs.core_busy_seconds(plan.load_cpu)
+        tcp_0 = procs.tcp_counters()
         wall_0 = time.monotonic()
         load.send("go")
         load.expect("window-end", timeout=window_timeout)
         wall = time.monotonic() - wall_0
+        tcp = procs.tcp_counters()
+        result["tcp_counters"] = {name: tcp[name] - tcp_0[name] for name in tcp}
         cpu_server = procs.cpu_seconds(server_pids()) - cpu_server_0
         cpu_load = procs.cpu_seconds([load.pid]) - cpu_load_0
         cores = procs.core_busy_seconds(plan.server_cpu), procs.core_busy_seconds(plan.load_cpu)

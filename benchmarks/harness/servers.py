@@ -9,6 +9,7 @@ peer in ``peers/`` implements them in its own straightforward way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -49,6 +50,8 @@ class Server:
     env: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: the sse_flask rows, whose figures are compared with every peer
     ours: bool = False
+    #: resumes a stream from ``Last-Event-ID`` (the storm waits for the replay)
+    replays: bool = False
     #: measured by a plain run; the others only when named with --only
     default: bool = True
 
@@ -119,8 +122,15 @@ def _go(port: int, redis_url: str | None, binaries: dict[str, Path]) -> list[str
 SERVERS: dict[str, Server] = {
     server.name: server
     for server in [
-        Server("sse_flask", "sse_flask (in-process broker)", _sse_flask, ours=True),
-        Server("sse_flask-redis", "sse_flask (Redis broker)", _sse_flask, redis=True, ours=True),
+        Server("sse_flask", "sse_flask (in-process broker)", _sse_flask, ours=True, replays=True),
+        Server(
+            "sse_flask-redis",
+            "sse_flask (Redis broker)",
+            _sse_flask,
+            redis=True,
+            ours=True,
+            replays=True,
+        ),
         Server("go", "Go net/http, channel per client", _go, env={"GOMAXPROCS": "1"}),
         Server("flask-queue", "Flask + queue.Queue, gunicorn gevent", _gunicorn("flask_queue:app")),
         Server("sse-starlette", "sse-starlette on uvicorn (uvloop, httptools)", _uvicorn),
@@ -134,12 +144,14 @@ SERVERS: dict[str, Server] = {
             "sse_flask-gevent",
             "sse_flask on gunicorn's gevent worker",
             _sse_flask_under("gevent"),
+            replays=True,
             default=False,
         ),
         Server(
             "sse_flask-pywsgi",
             "sse_flask on gunicorn's gevent_pywsgi worker",
             _sse_flask_under("gevent_pywsgi"),
+            replays=True,
             default=False,
         ),
     ]
@@ -161,9 +173,12 @@ def build_go(cache: Path) -> dict[str, Path]:
     cache.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GOPROXY": "off", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
     env.setdefault("GOCACHE", str(cache / "go-build"))
+    # One binary per checkout: a run from another worktree must not replace this run's
+    # binaries while it uses them.
+    checkout = hashlib.sha256(str(BENCH_DIR).encode()).hexdigest()[:12]
     built = {}
     for name, source in (("loadgen", BENCH_DIR / "loadgen"), ("goserver", PEERS / "go")):
-        target = cache / name
+        target = cache / f"{name}-{checkout}"
         result = subprocess.run(
             [go, "build", "-o", str(target), "."],
             cwd=source,

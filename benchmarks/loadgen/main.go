@@ -26,6 +26,19 @@
 //	            after a drain of up to -drain seconds.
 //	fanout:     one publisher sends -events events at -rate per second; the window ends
 //	            when every delivery has arrived or -drain seconds after the last publish.
+//	rate:       open loop: -rate events per second for -duration seconds, each handed at
+//	            its scheduled time to whichever of -pool concurrent publishers is free, with
+//	            the scheduled time as its "t" (a slow answer delays no later publish, and the
+//	            wait for a free publisher counts in the latency); a publish issued more than
+//	            1 ms after its scheduled time is counted late, and so is one that no
+//	            publisher was free to issue before the end of -duration (it is not sent).
+//	storm:      a reconnect storm: one event is published and received by every stream,
+//	            every connection is closed by this side at once, -missed events are
+//	            published, and every stream reconnects at once (no batches) with
+//	            Last-Event-ID set to the last id it had. The window ends when the server's
+//	            stats count every stream, every stream has its response headers, and (with
+//	            -replay) every stream has received the events it missed; or after
+//	            -storm-timeout seconds.
 package main
 
 import (
@@ -69,7 +82,15 @@ type options struct {
 	batch       int
 	stall       float64
 	deadline    float64
+	pool        int
+	missed      int
+	replay      bool
+	stormWait   float64
 }
+
+// lateAfter is how long after its scheduled time a publish of the rate mode may be issued
+// before it counts as late.
+const lateAfter = int64(time.Millisecond)
 
 // ---------------------------------------------------------------------------------------
 // One stream's parser: lines split on CRLF, CR or LF; fields data, event, id, retry;
@@ -217,6 +238,13 @@ type stream struct {
 	headers     bool
 	err         string
 	ended       bool
+	// The storm: the id to resume from (kept across connections, as a browser does), when
+	// the response headers of the last connection arrived, how many deliveries the stream
+	// still waits for, and when the last of them arrived.
+	lastID      []byte
+	headersAt   int64
+	want        int64
+	recoveredAt int64
 }
 
 type shared struct {
@@ -254,6 +282,12 @@ func (s *stream) record(evType, data []byte, g *shared) {
 	}
 	s.received++
 	s.latencies = append(s.latencies, recv-sent)
+	if s.want > 0 {
+		s.want--
+		if s.want == 0 {
+			s.recoveredAt = recv
+		}
+	}
 	if recv <= g.windowEnd.Load() {
 		s.inWindow++
 	}
@@ -265,6 +299,11 @@ func runStream(ctx context.Context, client *http.Client, url string, s *stream, 
 	req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
 	req.Header.Set("Accept", "text/event-stream")
 	req.Header.Set("Cache-Control", "no-cache")
+	s.mu.Lock()
+	if len(s.lastID) > 0 {
+		req.Header.Set("Last-Event-ID", string(s.lastID))
+	}
+	s.mu.Unlock()
 	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -284,10 +323,14 @@ func runStream(ctx context.Context, client *http.Client, url string, s *stream, 
 	}
 	s.mu.Lock()
 	s.headers = true
+	s.headersAt = now()
+	p := &parser{lastID: append([]byte(nil), s.lastID...)}
 	s.mu.Unlock()
 	g.headers.Add(1)
-	p := &parser{}
-	p.onEvent = func(evType, data []byte) { s.record(evType, data, g) }
+	p.onEvent = func(evType, data []byte) {
+		s.record(evType, data, g)
+		s.lastID = append(s.lastID[:0], p.lastID...)
+	}
 	buf := make([]byte, 8192)
 	for {
 		n, err := resp.Body.Read(buf)
@@ -328,15 +371,16 @@ type publisher struct {
 	rtts      []int64
 }
 
-func (p *publisher) publish() {
+// publish posts the next event with "t" = sent, and waits for the answer.
+func (p *publisher) publish(sent int64) {
 	seq := p.seq.Add(1)
 	body := make([]byte, 0, 64)
 	body = append(body, `{"data":{"t":`...)
-	sent := now()
 	body = strconv.AppendInt(body, sent, 10)
 	body = append(body, `,"s":`...)
 	body = strconv.AppendInt(body, seq, 10)
 	body = append(body, `}}`...)
+	issued := now()
 	resp, err := p.client.Post(p.url, "application/json", bytes.NewReader(body))
 	problem := ""
 	if err != nil {
@@ -348,7 +392,7 @@ func (p *publisher) publish() {
 			problem = fmt.Sprintf("HTTP %d: %.200s", resp.StatusCode, strings.TrimSpace(string(answer)))
 		}
 	}
-	rtt := now() - sent
+	rtt := now() - issued
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if problem == "" {
@@ -417,6 +461,20 @@ func summarize(ns []int64) *summary {
 	}
 }
 
+func maxInt(a, b int) int {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+func maxInt64(a, b int64) int64 {
+	if a > b {
+		return a
+	}
+	return b
+}
+
 func say(line string) {
 	fmt.Println(line)
 	os.Stdout.Sync()
@@ -428,12 +486,16 @@ func main() {
 	flag.StringVar(&o.eventsPath, "events-path", "/events", "stream path")
 	flag.StringVar(&o.publishPath, "publish-path", "/say", "publish path (POST JSON {\"data\": ...})")
 	flag.StringVar(&o.statsPath, "stats-path", "/stats", "path answering JSON {\"consumers\": n}")
-	flag.StringVar(&o.mode, "mode", "throughput", "throughput or fanout")
+	flag.StringVar(&o.mode, "mode", "throughput", "throughput, fanout, rate or storm")
 	flag.IntVar(&o.streams, "streams", 100, "streams to open")
 	flag.IntVar(&o.publishers, "publishers", 4, "throughput: publishers, back to back")
 	flag.Float64Var(&o.duration, "duration", 10, "throughput: seconds of publishing")
 	flag.IntVar(&o.events, "events", 20, "fanout: events to publish")
-	flag.Float64Var(&o.rate, "rate", 2, "fanout: events per second")
+	flag.Float64Var(&o.rate, "rate", 2, "fanout, rate: events per second")
+	flag.IntVar(&o.pool, "pool", 64, "rate: concurrent publishers")
+	flag.IntVar(&o.missed, "missed", 50, "storm: events published while the streams are away")
+	flag.BoolVar(&o.replay, "replay", false, "storm: wait for every stream to receive the events it missed")
+	flag.Float64Var(&o.stormWait, "storm-timeout", 60, "storm: seconds to wait for the reconnect")
 	flag.Float64Var(&o.drain, "drain", 5, "seconds to wait for outstanding deliveries")
 	flag.IntVar(&o.batch, "batch", 500, "streams opened at a time before waiting for the server to count them")
 	flag.Float64Var(&o.stall, "stall", 15, "give up opening streams after this many seconds without progress")
@@ -470,13 +532,16 @@ func run(o options) map[string]any {
 	controlClient := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext:         dialer.DialContext,
 		DisableCompression:  true,
-		MaxIdleConnsPerHost: o.publishers + 2,
+		MaxIdleConnsPerHost: maxInt(o.publishers, o.pool) + 2,
 	}}
 
 	// Open the streams a batch at a time, waiting for the server to count each batch, so
 	// that no listen backlog overflows (a dropped SYN costs a second or more).
 	streams := make([]*stream, 0, o.streams)
 	var wg sync.WaitGroup
+	// The storm closes these first connections; every other mode ends them with ctx.
+	firstCtx, dropFirst := context.WithCancel(ctx)
+	defer dropFirst()
 	url := base + o.eventsPath
 	statsURL := base + o.statsPath
 	t0 := time.Now()
@@ -491,7 +556,7 @@ func run(o options) map[string]any {
 			s := &stream{}
 			streams = append(streams, s)
 			wg.Add(1)
-			go runStream(ctx, streamClient, url, s, g, &wg)
+			go runStream(firstCtx, streamClient, url, s, g, &wg)
 		}
 		target := int64(len(streams))
 		last, lastChange := int64(-1), time.Now()
@@ -548,7 +613,8 @@ func run(o options) map[string]any {
 	say("window-start")
 	windowStart := now()
 	var windowEnd, lastPublish int64
-	late := 0
+	late, unissued := 0, 0
+	var stormResult map[string]any
 	switch o.mode {
 	case "throughput":
 		stop := windowStart + int64(o.duration*1e9)
@@ -558,7 +624,7 @@ func run(o options) map[string]any {
 			go func() {
 				defer pw.Done()
 				for now() < stop {
-					pub.publish()
+					pub.publish(now())
 				}
 			}()
 		}
@@ -576,9 +642,57 @@ func run(o options) map[string]any {
 			} else if wait < -interval/10 {
 				late++
 			}
-			pub.publish()
+			pub.publish(now())
 		}
 		lastPublish = now()
+	case "rate":
+		interval := 1e9 / o.rate
+		stop := windowStart + int64(o.duration*1e9)
+		jobs := make(chan int64)
+		var pw sync.WaitGroup
+		var lateCount atomic.Int64
+		for i := 0; i < o.pool; i++ {
+			pw.Add(1)
+			go func() {
+				defer pw.Done()
+				for due := range jobs {
+					if now()-due > lateAfter {
+						lateCount.Add(1)
+					}
+					pub.publish(due)
+				}
+			}()
+		}
+		for i := 0; ; i++ {
+			due := windowStart + int64(float64(i)*interval)
+			if due >= stop {
+				break
+			}
+			if wait := due - now(); wait > 0 {
+				time.Sleep(time.Duration(wait))
+			}
+			if now() >= stop {
+				// Scheduled in the window, but no publisher was free before it ended.
+				unissued = int((float64(stop-windowStart)+interval-1)/interval) - i
+				break
+			}
+			jobs <- due
+		}
+		close(jobs)
+		windowEnd = now()
+		g.windowEnd.Store(windowEnd)
+		say("window-end")
+		pw.Wait()
+		late = int(lateCount.Load()) + unissued
+		lastPublish = now()
+	case "storm":
+		stormResult = storm(o, streams, pub, g, dropFirst, func(s *stream) {
+			wg.Add(1)
+			go runStream(ctx, streamClient, url, s, g, &wg)
+		}, func() (int64, error) { return consumers(controlClient, statsURL) }, &wg)
+		windowEnd = now()
+		lastPublish = windowEnd
+		say("window-end")
 	default:
 		fmt.Fprintf(os.Stderr, "unknown mode %q\n", o.mode)
 		os.Exit(2)
@@ -587,6 +701,9 @@ func run(o options) map[string]any {
 	pub.mu.Lock()
 	expected := pub.ok * subscribed
 	pub.mu.Unlock()
+	if stormResult != nil {
+		expected = stormResult["expected"].(int64)
+	}
 	drainStart := now()
 	drainUntil := lastPublish + int64(o.drain*1e9)
 	for g.received.Load() < expected && now() < drainUntil {
@@ -649,6 +766,7 @@ func run(o options) map[string]any {
 		"publish_errors":       pub.errors,
 		"publish_rtt_ms":       summarize(pub.rtts),
 		"publishes_late":       late,
+		"publishes_unissued":   unissued,
 		"expected":             expected,
 		"received":             received,
 		"lost":                 expected - received,
@@ -667,5 +785,161 @@ func run(o options) map[string]any {
 		}(),
 		"latency_ms": summarize(latencies),
 	}
+	if stormResult != nil {
+		result["storm"] = stormResult
+	}
 	return result
+}
+
+// storm runs the reconnect storm on streams that are open (see the storm mode) and returns
+// its figures; "expected" is the deliveries every stream should have had: the first event,
+// and with o.replay the missed ones too.
+func storm(o options, streams []*stream, pub *publisher, g *shared, drop func(),
+	reconnect func(*stream), stats func() (int64, error), wg *sync.WaitGroup) map[string]any {
+	target := int64(0)
+	for _, s := range streams {
+		s.mu.Lock()
+		if s.headers {
+			target++
+		}
+		s.mu.Unlock()
+	}
+	pub.publish(now())
+	until := now() + int64(o.drain*1e9)
+	for g.received.Load() < target && now() < until {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Only the streams that have the first event (and so an id) take part.
+	var primed []*stream
+	for _, s := range streams {
+		s.mu.Lock()
+		if s.received > 0 {
+			primed = append(primed, s)
+		}
+		s.mu.Unlock()
+	}
+
+	drop()
+	dropped := make(chan struct{})
+	go func() { wg.Wait(); close(dropped) }()
+	select {
+	case <-dropped:
+	case <-time.After(10 * time.Second):
+	}
+	pub.mu.Lock()
+	okBefore := pub.ok
+	pub.mu.Unlock()
+	for i := 0; i < o.missed; i++ {
+		pub.publish(now())
+	}
+	pub.mu.Lock()
+	missed := pub.ok - okBefore
+	pub.mu.Unlock()
+	// Let the server notice that the streams are gone (some notice only when they write to
+	// them), so that its count afterwards is the reconnected streams.
+	releaseStart := now()
+	stale, _ := stats()
+	for stale != 0 && now()-releaseStart < 15e9 {
+		time.Sleep(20 * time.Millisecond)
+		stale, _ = stats()
+	}
+	released := float64(now()-releaseStart) / 1e9
+
+	for _, s := range primed {
+		s.mu.Lock()
+		s.headers, s.headersAt, s.recoveredAt, s.want = false, 0, 0, missed
+		s.mu.Unlock()
+	}
+	g.headers.Store(0)
+	n := int64(len(primed))
+	var counted atomic.Int64 // when the server's stats first counted every stream
+	begin := now()
+	for _, s := range primed {
+		reconnect(s)
+	}
+	stopPolling := make(chan struct{})
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		for {
+			if c, err := stats(); err == nil && c >= n {
+				counted.Store(now())
+				return
+			}
+			select {
+			case <-stopPolling:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	deadline := begin + int64(o.stormWait*1e9)
+	recovered := func() int64 {
+		var k int64
+		for _, s := range primed {
+			s.mu.Lock()
+			if s.want == 0 {
+				k++
+			}
+			s.mu.Unlock()
+		}
+		return k
+	}
+	for now() < deadline {
+		if counted.Load() > 0 && g.headers.Load() >= n && (!o.replay || recovered() >= n) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stopPolling)
+	<-polled
+
+	var headersAt, recoveredAt []int64
+	var lastHeaders, lastRecovered int64
+	var lost, withLoss, withDuplicates int64
+	for _, s := range primed {
+		s.mu.Lock()
+		if s.headers {
+			headersAt = append(headersAt, s.headersAt-begin)
+			lastHeaders = maxInt64(lastHeaders, s.headersAt-begin)
+		}
+		if s.want == 0 {
+			recoveredAt = append(recoveredAt, s.recoveredAt-begin)
+			lastRecovered = maxInt64(lastRecovered, s.recoveredAt-begin)
+		} else {
+			lost += s.want
+			withLoss++
+		}
+		if s.duplicates > 0 {
+			withDuplicates++
+		}
+		s.mu.Unlock()
+	}
+	seconds := func(at int64, complete bool) any {
+		if !complete {
+			return nil
+		}
+		return float64(at) / 1e9
+	}
+	expected := n
+	if o.replay {
+		expected += n * missed
+	}
+	return map[string]any{
+		"streams":                n,
+		"missed_published":       missed,
+		"stale_after_drop":       stale,
+		"release_seconds":        released,
+		"reconnected":            len(headersAt),
+		"recovered":              len(recoveredAt),
+		"headers_seconds":        seconds(lastHeaders, int64(len(headersAt)) == n),
+		"counted_seconds":        seconds(counted.Load()-begin, counted.Load() > 0),
+		"recovered_seconds":      seconds(lastRecovered, int64(len(recoveredAt)) == n),
+		"headers_ms":             summarize(headersAt),
+		"recovered_ms":           summarize(recoveredAt),
+		"missed_lost":            lost,
+		"streams_with_loss":      withLoss,
+		"streams_with_duplicate": withDuplicates,
+		"expected":               expected,
+	}
 }
