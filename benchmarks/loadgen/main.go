@@ -51,8 +51,9 @@ import (
 
 var start = time.Now()
 
-// now is nanoseconds since this process started, on the monotonic clock.
-func now() int64 { return int64(time.Since(start)) }
+// now is nanoseconds since this process started, on the monotonic clock; -clock wall
+// makes it Unix nanoseconds instead (see wallClock).
+var now = func() int64 { return int64(time.Since(start)) }
 
 type options struct {
 	base        string
@@ -69,6 +70,12 @@ type options struct {
 	batch       int
 	stall       float64
 	deadline    float64
+	sources     string
+	clock       string
+	countMetric string
+	countBase   int64
+	listenOnly  bool
+	latencies   string
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,7 +446,11 @@ func main() {
 	flag.Float64Var(&o.stall, "stall", 15, "give up opening streams after this many seconds without progress")
 	flag.Float64Var(&o.deadline, "deadline", 300, "exit, whatever the state, after this many seconds")
 	procs := flag.Int("procs", 0, "GOMAXPROCS (0: leave)")
+	scaleFlags(&o)
 	flag.Parse()
+	if o.clock == "wall" {
+		now = wallClock
+	}
 	if *procs > 0 {
 		runtime.GOMAXPROCS(*procs)
 	}
@@ -462,7 +473,7 @@ func run(o options) map[string]any {
 
 	dialer := &net.Dialer{Timeout: 30 * time.Second}
 	streamClient := &http.Client{Transport: &http.Transport{
-		DialContext:         dialer.DialContext,
+		DialContext:         sourceDialer(o.sources, dialer),
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: -1,
 		ForceAttemptHTTP2:   false,
@@ -496,7 +507,7 @@ func run(o options) map[string]any {
 		target := int64(len(streams))
 		last, lastChange := int64(-1), time.Now()
 		for {
-			c, err := consumers(controlClient, statsURL)
+			c, err := counted(o, controlClient, statsURL)
 			if c >= target {
 				subscribed = c
 				break
@@ -569,7 +580,7 @@ func run(o options) map[string]any {
 		say("window-end")
 	case "fanout":
 		interval := int64(1e9 / o.rate)
-		for i := 0; i < o.events; i++ {
+		for i := 0; i < o.events && !o.listenOnly; i++ {
 			due := windowStart + int64(i)*interval
 			if wait := due - now(); wait > 0 {
 				time.Sleep(time.Duration(wait))
@@ -579,6 +590,9 @@ func run(o options) map[string]any {
 			pub.publish()
 		}
 		lastPublish = now()
+		if o.listenOnly {
+			lastPublish = windowStart + int64(o.events-1)*interval
+		}
 	default:
 		fmt.Fprintf(os.Stderr, "unknown mode %q\n", o.mode)
 		os.Exit(2)
@@ -587,6 +601,9 @@ func run(o options) map[string]any {
 	pub.mu.Lock()
 	expected := pub.ok * subscribed
 	pub.mu.Unlock()
+	if o.listenOnly {
+		expected = int64(o.events) * subscribed
+	}
 	drainStart := now()
 	drainUntil := lastPublish + int64(o.drain*1e9)
 	for g.received.Load() < expected && now() < drainUntil {
@@ -666,6 +683,9 @@ func run(o options) map[string]any {
 			return float64(inWindow) / window
 		}(),
 		"latency_ms": summarize(latencies),
+	}
+	if o.latencies != "" {
+		result["latencies_file_error"] = writeLatencies(o.latencies, latencies)
 	}
 	return result
 }
