@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # the full run (7 to 8 minutes on an idle machine)
     python benchmarks/run.py --quick         # 1,000 streams, 3 s of throughput
     python benchmarks/run.py --only sse_flask,go
+    python benchmarks/run.py --scale         # adds 19,000 streams on one worker, 4 x 15,000 with Redis
 
 Writes results.md, results.json and fanout.png to benchmarks/results/ (a --quick run to
 benchmarks/results/quick/) and prints the table. See benchmarks/README.md.
@@ -25,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import compression, procs, report
+from harness.scale import ScalePlan, run_scale
 from harness.scenario import Plan, run_scenario
 from harness.servers import BENCH_DIR, SERVERS, build_go
 
@@ -55,6 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fanout", action="store_true", help="throughput only")
     parser.add_argument(
         "--no-gzip", action="store_true", help="leave out the SSE_COMPRESS byte saving"
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="add the scale rows: sse_flask and go at 19,000 streams on one worker, and "
+        "sse_flask with Redis on 4 workers × 15,000 streams",
+    )
+    parser.add_argument(
+        "--scale-streams",
+        type=int,
+        default=19000,
+        help="--scale: the one-worker fanout size (default 19000)",
+    )
+    parser.add_argument(
+        "--scale-workers", type=int, default=4, help="--scale: workers of the Redis row (default 4)"
+    )
+    parser.add_argument(
+        "--scale-per-worker",
+        type=int,
+        default=15000,
+        help="--scale: streams per worker of the Redis row (default 15000); 0 leaves the row out",
     )
     parser.add_argument(
         "--out", type=Path, help="output folder (default benchmarks/results, or results/quick)"
@@ -116,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
             Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench"
         )
         with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
-            scenarios = [] if args.no_throughput else [("throughput", plan.clients)]
-            scenarios += [] if args.no_fanout else [("fanout", n) for n in plan.streams]
-            for mode, streams in scenarios:
-                for name in names:
+            scenarios = [] if args.no_throughput else [("throughput", plan.clients, names)]
+            scenarios += [] if args.no_fanout else [("fanout", n, names) for n in plan.streams]
+            if args.scale:
+                scenarios.append(
+                    ("fanout", args.scale_streams, [n for n in names if n in SCALE_ONE])
+                )
+            for mode, streams, servers in scenarios:
+                for name in servers:
                     print(
                         f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {streams:,} streams",
                         flush=True,
@@ -132,6 +159,18 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     results.append(result)
                     print("         " + _one_line(result), flush=True)
+            if args.scale and args.scale_per_worker:
+                scale = ScalePlan(
+                    cpus=frozenset(cpus), workers=args.scale_workers, streams=args.scale_per_worker
+                )
+                print(
+                    f"[{time.monotonic() - started:5.0f} s] sse_flask-redis: scale, "
+                    f"{scale.workers} workers × {scale.streams:,} streams",
+                    flush=True,
+                )
+                result = run_scale(scale, binaries, Path(tmp))
+                results.append(result)
+                print("         " + _one_line(result), flush=True)
             if "sse_flask" in names and not args.no_gzip:
                 print(
                     f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True
@@ -166,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("clients", "publishers", "duration", "events", "rate")
         },
         "streams": list(plan.streams),
+        "scale": args.scale,
         "compression": saved,
     }
     _write_report(results, meta, out)
@@ -186,6 +226,10 @@ def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: 
         f"written: {out / 'results.md'}, {out / 'results.json'}"
         + (f", {out / 'fanout.png'}" if drawn else "")
     )
+
+
+#: the servers measured at the one-worker scale size
+SCALE_ONE = ("sse_flask", "go")
 
 
 def _select(only: str | None, skip: str | None) -> list[str]:
@@ -214,6 +258,8 @@ def _one_line(r: dict[str, t.Any]) -> str:
         f"server CPU {r['server_cpu_percent'] + r['redis_cpu_percent']:.0f}%, load CPU {r['load_cpu_percent']:.0f}%"
     )
     parts.append(f"{r['memory_per_stream'] / 1024:.1f} KiB/stream")
+    if r["mode"] == "scale":
+        parts.append("streams per worker " + ", ".join(f"{n:,}" for n in r["per_worker"]))
     return "; ".join(parts)
 
 

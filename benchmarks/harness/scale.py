@@ -1,5 +1,5 @@
 """The several-worker scale row: ``sse-flask serve --workers W --broker redis://...`` holding
-W × N idle streams on one host, one publisher's events reaching all of them.
+W times N idle streams on one host, one publisher's events reaching all of them.
 
 No process here may open more than 20,000 files, and one source address has about 28,000
 ephemeral ports towards one server port, so the streams are held by several load generator
@@ -23,6 +23,7 @@ workers' RSS over the streams held.
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import json
 import math
@@ -58,7 +59,7 @@ class ScalePlan:
 
 
 def run_scale(plan: ScalePlan, binaries: dict[str, Path], workdir: Path) -> dict[str, t.Any]:
-    """Start redis-server and ``plan.workers`` sse-flask workers, hold ``plan.workers ×
+    """Start redis-server and ``plan.workers`` sse-flask workers, hold ``plan.workers *
     plan.streams`` streams, publish ``plan.events`` events and return the figures; never
     raises for a server that misbehaves (the reason goes in ``"error"``), and stops every
     process it started."""
@@ -111,11 +112,12 @@ def run_scale(plan: ScalePlan, binaries: dict[str, Path], workdir: Path) -> dict
         for k in range(math.ceil(total / PER_PROCESS)):
             streams = min(PER_PROCESS, total - k * PER_PROCESS)
             latencies = workdir / f"{label}.latencies-{k}"
+            argv = [*loadgen, "-streams", str(streams), "-listen-only", "-source", f"127.0.0.{k + 2}",
+                    "-stats-path", "/metrics", "-count-metric", "sse_streams_open",
+                    "-count-base", str(held), "-latencies", str(latencies)]  # fmt: skip
             listener = procs.start(
                 f"loadgen-{k}",
-                [*loadgen, "-streams", str(streams), "-listen-only", "-source", f"127.0.0.{k + 2}",
-                 "-stats-path", "/metrics", "-count-metric", "sse_streams_open",
-                 "-count-base", str(held), "-latencies", str(latencies)],  # fmt: skip
+                argv,
                 cpu=None,
                 env={"PATH": "/usr/bin:/bin", "GOMAXPROCS": "1"},
                 log=workdir / f"{label}.loadgen-{k}.log",
@@ -194,10 +196,8 @@ def _sockets(pid: int) -> int:
     count = 0
     fds = f"/proc/{pid}/fd"
     for fd in os.listdir(fds):
-        try:
+        with contextlib.suppress(OSError):  # closed since the listing
             count += os.readlink(f"{fds}/{fd}").startswith("socket:")
-        except OSError:  # closed since the listing
-            pass
     return count
 
 
@@ -205,7 +205,7 @@ def _merge(
     published: dict[str, t.Any], listened: list[dict[str, t.Any]], files: list[Path], held: int
 ) -> dict[str, t.Any]:
     """One figure set from the publisher's result and the listeners': expected is what the
-    publisher got answered × every stream held, latency over every listener's deliveries."""
+    publisher got answered times every stream held, latency over every listener's deliveries."""
     latencies = array.array("q")
     for path in files:
         latencies.frombytes(path.read_bytes())
@@ -230,7 +230,9 @@ def _merge(
         "lost": expected - received,
         **{key: sum(r[key] for r in listened) for key in counts},
         "stream_errors": errors,
-        "connect_stalled": "; ".join(r["connect_stalled"] for r in listened if r["connect_stalled"]),
+        "connect_stalled": "; ".join(
+            r["connect_stalled"] for r in listened if r["connect_stalled"]
+        ),
         "latency_ms": _summary(sorted(latencies)),
     }
 
