@@ -292,13 +292,14 @@ def _scale(results: list[Result]) -> list[str]:
         )
         out.append(
             "| workers × streams | held | per worker | connect | latency p50 / p90 / p99 / max | lost "
-            "| server CPU (of which redis) | load CPU | workers' RSS empty → idle | per stream | redis RSS |"
+            "| server CPU (of which redis) | load CPU | workers' RSS empty → idle | per stream | redis RSS "
+            "| load generators' RSS |"
         )
-        out.append("|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|")
+        out.append("|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
         if not _ok(r):
             out.append(
                 f"| {r['workers']} × {r['streams'] // r['workers']:,} | failed: see below |"
-                + " |" * 9
+                + " |" * 10
             )
             out.append("")
             continue
@@ -309,7 +310,8 @@ def _scale(results: list[Result]) -> list[str]:
             f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
             f"{_loss(r)} | {_server_cpu_text(r)} | {r['load_cpu_percent']:.0f}% | "
             f"{r['rss_empty'] / 2**20:,.0f} → {r['rss_idle'] / 2**20:,.0f} MiB | "
-            f"{r['memory_per_stream'] / 1024:,.1f} KiB | {r['redis_rss_idle'] / 2**20:,.0f} MiB |"
+            f"{r['memory_per_stream'] / 1024:,.1f} KiB | {r['redis_rss_idle'] / 2**20:,.0f} MiB | "
+            f"{r['load_rss_idle'] / 2**20:,.0f} MiB |"
         )
         out.append("")
     return out
