@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--scale: streams per worker of the Redis row (default 15000); 0 leaves the row out",
     )
     parser.add_argument(
+        "--scale-per-process",
+        type=int,
+        default=15000,
+        help="--scale: streams per load generator process of the Redis row (default 15000)",
+    )
+    parser.add_argument(
         "--out", type=Path, help="output folder (default benchmarks/results, or results/quick)"
     )
     parser.add_argument(
@@ -161,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                     print("         " + _one_line(result), flush=True)
             if args.scale and args.scale_per_worker:
                 scale = ScalePlan(
-                    cpus=frozenset(cpus), workers=args.scale_workers, streams=args.scale_per_worker
+                    cpus=frozenset(cpus),
+                    workers=args.scale_workers,
+                    streams=args.scale_per_worker,
+                    per_process=args.scale_per_process,
                 )
                 print(
                     f"[{time.monotonic() - started:5.0f} s] sse_flask-redis: scale, "

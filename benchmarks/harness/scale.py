@@ -39,10 +39,6 @@ from .servers import PEERS, SERVERS, sse_flask_argv
 
 __all__ = ["ScalePlan", "run_scale"]
 
-#: streams per load generator process: under the 20,000 open files of one process, and
-#: under one source address's ephemeral ports
-PER_PROCESS = 15000
-
 
 @dataclasses.dataclass(frozen=True)
 class ScalePlan:
@@ -53,7 +49,10 @@ class ScalePlan:
     workers: int = 4
     #: streams per worker
     streams: int = 15000
-    #: few and far apart: one event to 60,000 streams costs this machine about 2 CPU seconds
+    #: streams per load generator process: under the 20,000 open files of one process, and
+    #: under one source address's ephemeral ports
+    per_process: int = 15000
+    #: few and far apart: one event to 60,000 streams costs this machine about 2.5 CPU seconds
     #: (server and load generators), so events 1 s apart would queue behind each other and
     #: the latency would measure the backlog, not one publish's fan-out
     events: int = 3
@@ -112,8 +111,8 @@ def run_scale(plan: ScalePlan, binaries: dict[str, Path], workdir: Path) -> dict
         listeners: list[tuple[procs.Proc, Path]] = []
         held = 0
         connect_0 = time.monotonic()
-        for k in range(math.ceil(total / PER_PROCESS)):
-            streams = min(PER_PROCESS, total - k * PER_PROCESS)
+        for k in range(math.ceil(total / plan.per_process)):
+            streams = min(plan.per_process, total - k * plan.per_process)
             latencies = workdir / f"{label}.latencies-{k}"
             argv = [*loadgen, "-streams", str(streams), "-listen-only", "-source", f"127.0.0.{k + 2}",
                     "-stats-path", "/metrics", "-count-metric", "sse_streams_open",
