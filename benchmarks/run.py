@@ -145,14 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sse-flask-bench"
         )
         with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
-            scenarios = [] if args.no_throughput else [("throughput", plan.clients, names)]
-            scenarios += [] if args.no_fanout else [("fanout", n, names) for n in plan.streams]
-            if args.scale:
-                scenarios.append(
-                    ("fanout", args.scale_streams, [n for n in names if n in SCALE_ONE])
-                )
-            for mode, streams, servers in scenarios:
-                for name in servers:
+            scenarios = [] if args.no_throughput else [("throughput", plan.clients)]
+            scenarios += [] if args.no_fanout else [("fanout", n) for n in plan.streams]
+            for mode, streams in scenarios:
+                for name in names:
                     print(
                         f"[{time.monotonic() - started:5.0f} s] {name}: {mode}, {streams:,} streams",
                         flush=True,
@@ -165,21 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     results.append(result)
                     print("         " + _one_line(result), flush=True)
-            if args.scale and args.scale_per_worker:
-                scale = ScalePlan(
-                    cpus=frozenset(cpus),
-                    workers=args.scale_workers,
-                    streams=args.scale_per_worker,
-                    per_process=args.scale_per_process,
-                )
-                print(
-                    f"[{time.monotonic() - started:5.0f} s] sse_flask-redis: scale, "
-                    f"{scale.workers} workers × {scale.streams:,} streams",
-                    flush=True,
-                )
-                result = run_scale(scale, binaries, Path(tmp))
-                results.append(result)
-                print("         " + _one_line(result), flush=True)
+            if args.scale:
+                _scale_rows(args, names, plan, cpus, binaries, Path(tmp), started, results)
             if "sse_flask" in names and not args.no_gzip:
                 print(
                     f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True
@@ -239,6 +222,42 @@ def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: 
 
 #: the servers measured at the one-worker scale size
 SCALE_ONE = ("sse_flask", "go")
+
+
+def _scale_rows(
+    args: argparse.Namespace,
+    names: list[str],
+    plan: Plan,
+    cpus: list[int],
+    binaries: dict[str, Path],
+    tmp: Path,
+    started: float,
+    results: list[dict[str, t.Any]],
+) -> None:
+    """The ``--scale`` rows, appended to ``results`` as each is measured: the one-worker
+    fanout size for the servers of SCALE_ONE, then sse_flask with Redis on several workers."""
+    for name in (n for n in names if n in SCALE_ONE):
+        streams = args.scale_streams
+        print(
+            f"[{time.monotonic() - started:5.0f} s] {name}: fanout, {streams:,} streams", flush=True
+        )
+        results.append(run_scenario(SERVERS[name], "fanout", streams, plan, binaries, tmp))
+        print("         " + _one_line(results[-1]), flush=True)
+    if not args.scale_per_worker:
+        return
+    scale = ScalePlan(
+        cpus=frozenset(cpus),
+        workers=args.scale_workers,
+        streams=args.scale_per_worker,
+        per_process=args.scale_per_process,
+    )
+    print(
+        f"[{time.monotonic() - started:5.0f} s] sse_flask-redis: scale, "
+        f"{scale.workers} workers × {scale.streams:,} streams",
+        flush=True,
+    )
+    results.append(run_scale(scale, binaries, tmp))
+    print("         " + _one_line(results[-1]), flush=True)
 
 
 def _select(only: str | None, skip: str | None) -> list[str]:

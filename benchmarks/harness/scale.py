@@ -209,6 +209,9 @@ def _merge(
 ) -> dict[str, t.Any]:
     """One figure set from the publisher's result and the listeners': expected is what the
     publisher got answered times every stream held, latency over every listener's deliveries."""
+    problems = [r["latencies_error"] for r in listened if r.get("latencies_error")]
+    if problems:
+        raise RuntimeError(f"a load generator could not write its latencies: {problems[0]}")
     latencies = array.array("q")
     for path in files:
         latencies.frombytes(path.read_bytes())

@@ -685,7 +685,9 @@ func run(o options) map[string]any {
 		"latency_ms": summarize(latencies),
 	}
 	if o.latencies != "" {
-		result["latencies_file_error"] = writeLatencies(o.latencies, latencies)
+		if problem := writeLatencies(o.latencies, latencies); problem != "" {
+			result["latencies_error"] = problem
+		}
 	}
 	return result
 }
