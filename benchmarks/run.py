@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # the full run (7 to 8 minutes on an idle machine)
     python benchmarks/run.py --quick         # 1,000 streams, 3 s of throughput
     python benchmarks/run.py --only sse_flask,go
+    python benchmarks/run.py --scale         # adds 19,000 streams on one worker, 4 x 15,000 with Redis
 
 Writes results.md, results.json, fanout.png and latency.png to benchmarks/results/ (a --quick run to
 benchmarks/results/quick/) and prints the table. See benchmarks/README.md.
@@ -25,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import compression, procs, report
+from harness.scale import ScalePlan, run_scale
 from harness.scenario import Plan, run_scenario
 from harness.servers import BENCH_DIR, SERVERS, build_go
 
@@ -79,6 +81,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-gzip", action="store_true", help="leave out the SSE_COMPRESS byte saving"
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="add the scale rows: sse_flask and go at 19,000 streams on one worker, and "
+        "sse_flask with Redis on 4 workers × 15,000 streams",
+    )
+    parser.add_argument(
+        "--scale-streams",
+        type=int,
+        default=19000,
+        help="--scale: the one-worker fanout size (default 19000)",
+    )
+    parser.add_argument(
+        "--scale-workers", type=int, default=4, help="--scale: workers of the Redis row (default 4)"
+    )
+    parser.add_argument(
+        "--scale-per-worker",
+        type=int,
+        default=15000,
+        help="--scale: streams per worker of the Redis row (default 15000); 0 leaves the row out",
+    )
+    parser.add_argument(
+        "--scale-per-process",
+        type=int,
+        default=15000,
+        help="--scale: streams per load generator process of the Redis row (default 15000)",
     )
     parser.add_argument(
         "--out", type=Path, help="output folder (default benchmarks/results, or results/quick)"
@@ -179,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                     for fraction in plan.curve:
                         for name in names:
                             measure(name, "rate", plan.clients, offered=fraction * rate_max[0])
+            if args.scale:
+                _scale_rows(args, names, plan, cpus, binaries, Path(tmp), started, results)
             if "sse_flask" in names and not args.no_gzip:
                 print(
                     f"[{time.monotonic() - started:5.0f} s] sse_flask: gzip byte saving", flush=True
@@ -213,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "curve": list(plan.curve),
         "rate_max": rate_max[0] if rate_max else None,
         "rate_max_source": rate_max[1] if rate_max else None,
+        "scale": args.scale,
         "compression": saved,
     }
     _write_report(results, meta, out)
@@ -247,6 +279,46 @@ def _rate_max(given: float | None, results: list[dict[str, t.Any]]) -> tuple[flo
         if r["server"] == "go" and r["mode"] == "throughput" and not r.get("error") and "load" in r:
             return float(r["load"]["deliveries_per_second"]), "Go's throughput in this run"
     return None
+
+
+#: the servers measured at the one-worker scale size
+SCALE_ONE = ("sse_flask", "go")
+
+
+def _scale_rows(
+    args: argparse.Namespace,
+    names: list[str],
+    plan: Plan,
+    cpus: list[int],
+    binaries: dict[str, Path],
+    tmp: Path,
+    started: float,
+    results: list[dict[str, t.Any]],
+) -> None:
+    """The ``--scale`` rows, appended to ``results`` as each is measured: the one-worker
+    fanout size for the servers of SCALE_ONE, then sse_flask with Redis on several workers."""
+    for name in (n for n in names if n in SCALE_ONE):
+        streams = args.scale_streams
+        print(
+            f"[{time.monotonic() - started:5.0f} s] {name}: fanout, {streams:,} streams", flush=True
+        )
+        results.append(run_scenario(SERVERS[name], "fanout", streams, plan, binaries, tmp))
+        print("         " + _one_line(results[-1]), flush=True)
+    if not args.scale_per_worker:
+        return
+    scale = ScalePlan(
+        cpus=frozenset(cpus),
+        workers=args.scale_workers,
+        streams=args.scale_per_worker,
+        per_process=args.scale_per_process,
+    )
+    print(
+        f"[{time.monotonic() - started:5.0f} s] sse_flask-redis: scale, "
+        f"{scale.workers} workers × {scale.streams:,} streams",
+        flush=True,
+    )
+    results.append(run_scale(scale, binaries, tmp))
+    print("         " + _one_line(results[-1]), flush=True)
 
 
 def _select(only: str | None, skip: str | None) -> list[str]:
@@ -294,6 +366,8 @@ def _one_line(r: dict[str, t.Any]) -> str:
         f"server CPU {r['server_cpu_percent'] + r['redis_cpu_percent']:.0f}%, load CPU {r['load_cpu_percent']:.0f}%"
     )
     parts.append(f"{r['memory_per_stream'] / 1024:.1f} KiB/stream")
+    if r["mode"] == "scale":
+        parts.append("streams per worker " + ", ".join(f"{n:,}" for n in r["per_worker"]))
     return "; ".join(parts)
 
 

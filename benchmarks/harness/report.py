@@ -110,11 +110,19 @@ def _pct(value: t.Any) -> str:
 
 
 def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
-    servers = [name for name in SERVERS if any(r["server"] == name for r in results)]
+    # The several-worker scale row has a section of its own.
+    servers = [
+        name
+        for name in SERVERS
+        if any(r["server"] == name and r["mode"] != "scale" for r in results)
+    ]
     ours = [name for name in servers if SERVERS[name].ours]
     peers = [name for name in servers if not SERVERS[name].ours]
     fanout_sizes = sorted({r["streams"] for r in results if r["mode"] == "fanout"})
-    top = fanout_sizes[-1] if fanout_sizes else 0
+    # The headline compares every server: at the largest size all of them were measured at
+    # (the scale size is sse_flask's and Go's only).
+    common = [n for n in fanout_sizes if all(_find(results, s, "fanout", n) for s in servers)]
+    top = common[-1] if common else 0
     figures = {name: _figures(results, name, top) for name in servers}
     out: list[str] = []
     out.append("# sse-flask benchmark\n")
@@ -239,6 +247,7 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
     out.extend(_storm_section(results, servers, meta))
     out.extend(_curve_section(results, servers, ours, peers, meta))
 
+    out.extend(_scale(results))
     if meta.get("compression"):
         out.append("## gzip (SSE_COMPRESS)\n")
         out.append(
@@ -275,6 +284,81 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
         "publishers' round trips (each of the 4 waits for its answer before the next publish).\n"
     )
     return "\n".join(out)
+
+
+def _scale(results: list[Result]) -> list[str]:
+    """The scale section: sse_flask beside Go on one worker up to the scale size, and the
+    several-worker row, when the run has them (``--scale``)."""
+    several = [r for r in results if r["mode"] == "scale"]
+    sizes = sorted(
+        {r["streams"] for r in results if r["mode"] == "fanout" and r["server"] == "sse_flask"}
+    )
+    both = [n for n in sizes if _find(results, "go", "fanout", n)]
+    if not several and not (both and both[-1] > 10000):
+        return []
+    out = ["## Scale\n"]
+    if both:
+        out.append(
+            "One worker (one process, pinned to one core), idle streams, the fanout events above. "
+            "One process may hold at most 20,000 open files here, so one worker tops out just under "
+            "20,000 streams. Ratio: sse_flask ÷ Go, below 1 is better.\n"
+        )
+        out.append(
+            "| streams | sse_flask held | sse_flask p50 / p99 | Go p50 / p99 | p99 ratio | lost (sse_flask, Go) "
+            "| sse_flask per idle stream | Go per idle stream | memory ratio |"
+        )
+        out.append("|---:|---:|---|---|---:|---|---:|---:|---:|")
+        for n in both:
+            ours, go = _find(results, "sse_flask", "fanout", n), _find(results, "go", "fanout", n)
+            mine, theirs = _figures(results, "sse_flask", n), _figures(results, "go", n)
+            out.append(
+                f"| {n:,} | {_num(ours.get('subscribed') if ours else None)} | {_ms(_latency(ours, 'p50'))} / {_ms(_latency(ours, 'p99'))} | "
+                f"{_ms(_latency(go, 'p50'))} / {_ms(_latency(go, 'p99'))} | {_ratio(mine['p99'], theirs['p99'])} | "
+                f"{_loss(ours)}, {_loss(go)} | {_num(mine['memory'], 1, ' KiB')} | "
+                f"{_num(theirs['memory'], 1, ' KiB')} | {_ratio(mine['memory'], theirs['memory'])} |"
+            )
+        out.append("")
+    for r in several:
+        out.append(
+            f"Several workers: `sse-flask serve --workers {r['workers']} --broker redis://...`, "
+            f"{r['streams']:,} idle streams held by {r.get('load_processes', '?')} load generator processes, each "
+            "dialling from its own address of 127.0.0.0/8, and one more publishing "
+            f"{r['events']} events at {r['rate']:g}/s, each reaching every stream. The workers, redis-server and "
+            "the load generators share both cores (four workers cannot be pinned to one core), so CPU is in % "
+            "of one core and the latency includes the load side's share of the same cores. Latency is "
+            "CLOCK_REALTIME at receipt in one process minus CLOCK_REALTIME at the send in the publisher. "
+            "Per worker: its socket descriptors less those it had before the streams opened. Memory per "
+            "stream: the growth of the workers' RSS (master and redis-server apart) ÷ streams held.\n"
+        )
+        out.append(
+            "| workers × streams | held | per worker | connect | latency p50 / p90 / p99 / max | lost "
+            "| server CPU (of which redis) | load CPU | workers' RSS empty → idle | per stream | redis RSS "
+            "| load generators' RSS |"
+        )
+        out.append("|---|---:|---|---:|---|---:|---:|---:|---|---:|---:|---:|")
+        if not _ok(r):
+            out.append(
+                f"| {r['workers']} × {r['streams'] // r['workers']:,} | failed: see below |"
+                + " |" * 10
+            )
+            out.append("")
+            continue
+        lat = r["load"].get("latency_ms") or {}
+        out.append(
+            f"| {r['workers']} × {r['streams'] // r['workers']:,} | {r['subscribed']:,} | "
+            f"{', '.join(f'{n:,}' for n in r['per_worker'])} | {r['connect_seconds']:.1f} s | "
+            f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
+            f"{_loss(r)} | {_server_cpu_text(r)} | {r['load_cpu_percent']:.0f}% | "
+            f"{r['rss_empty'] / 2**20:,.0f} → {r['rss_idle'] / 2**20:,.0f} MiB | "
+            f"{r['memory_per_stream'] / 1024:,.1f} KiB | {r['redis_rss_idle'] / 2**20:,.0f} MiB | "
+            f"{r['load_rss_idle'] / 2**20:,.0f} MiB |"
+        )
+        out.append("")
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
 
 
 def _server_cpu(r: Result | None) -> float | None:

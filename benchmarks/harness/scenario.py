@@ -22,7 +22,7 @@ from pathlib import Path
 from . import procs
 from .servers import PEERS, Server
 
-__all__ = ["Plan", "run_scenario"]
+__all__ = ["Plan", "run_scenario", "wait_ready"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ def run_scenario(
         )
         started.append(srv)
         base = f"http://127.0.0.1:{port}"
-        _wait_ready(srv, base + "/stats", timeout=30)
+        wait_ready(srv, base + "/stats", timeout=30)
 
         def server_pids() -> list[int]:
             pids = procs.session_pids(srv.pid)
@@ -260,7 +260,7 @@ def _start_py_spy(
     )
 
 
-def _wait_ready(srv: procs.Proc, url: str, timeout: float) -> None:
+def wait_ready(srv: procs.Proc, url: str, timeout: float) -> None:
     def answers() -> bool:
         if not srv.alive():
             raise RuntimeError(f"{srv.name} exited at start (status {srv.popen.returncode})")

@@ -17,7 +17,7 @@ import sys
 import typing as t
 from pathlib import Path
 
-__all__ = ["BENCH_DIR", "PEERS", "SERVERS", "Server", "build_go"]
+__all__ = ["BENCH_DIR", "PEERS", "SERVERS", "Server", "build_go", "sse_flask_argv"]
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 PEERS = BENCH_DIR / "peers"
@@ -63,6 +63,11 @@ class Server:
 
 
 def _sse_flask(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str]:
+    return sse_flask_argv(port, redis_url, 1)
+
+
+def sse_flask_argv(port: int, redis_url: str | None, workers: int) -> list[str]:
+    """``sse-flask serve`` on ``127.0.0.1:port`` with ``workers`` workers."""
     argv = [
         sys.executable,
         "-m",
@@ -71,7 +76,7 @@ def _sse_flask(port: int, redis_url: str | None, _: dict[str, Path]) -> list[str
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",
-        "1",
+        str(workers),
     ]
     return argv + (["--broker", redis_url] if redis_url else [])
 

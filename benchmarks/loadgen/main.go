@@ -64,8 +64,9 @@ import (
 
 var start = time.Now()
 
-// now is nanoseconds since this process started, on the monotonic clock.
-func now() int64 { return int64(time.Since(start)) }
+// now is nanoseconds since this process started, on the monotonic clock; -clock wall
+// makes it Unix nanoseconds instead (see wallClock).
+var now = func() int64 { return int64(time.Since(start)) }
 
 type options struct {
 	base        string
@@ -86,6 +87,12 @@ type options struct {
 	missed      int
 	replay      bool
 	stormWait   float64
+	sources     string
+	clock       string
+	countMetric string
+	countBase   int64
+	listenOnly  bool
+	latencies   string
 }
 
 // lateAfter is how long after its scheduled time a publish of the rate mode may be issued
@@ -501,7 +508,11 @@ func main() {
 	flag.Float64Var(&o.stall, "stall", 15, "give up opening streams after this many seconds without progress")
 	flag.Float64Var(&o.deadline, "deadline", 300, "exit, whatever the state, after this many seconds")
 	procs := flag.Int("procs", 0, "GOMAXPROCS (0: leave)")
+	scaleFlags(&o)
 	flag.Parse()
+	if o.clock == "wall" {
+		now = wallClock
+	}
 	if *procs > 0 {
 		runtime.GOMAXPROCS(*procs)
 	}
@@ -524,7 +535,7 @@ func run(o options) map[string]any {
 
 	dialer := &net.Dialer{Timeout: 30 * time.Second}
 	streamClient := &http.Client{Transport: &http.Transport{
-		DialContext:         dialer.DialContext,
+		DialContext:         sourceDialer(o.sources, dialer),
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: -1,
 		ForceAttemptHTTP2:   false,
@@ -561,7 +572,7 @@ func run(o options) map[string]any {
 		target := int64(len(streams))
 		last, lastChange := int64(-1), time.Now()
 		for {
-			c, err := consumers(controlClient, statsURL)
+			c, err := counted(o, controlClient, statsURL)
 			if c >= target {
 				subscribed = c
 				break
@@ -635,7 +646,7 @@ func run(o options) map[string]any {
 		say("window-end")
 	case "fanout":
 		interval := int64(1e9 / o.rate)
-		for i := 0; i < o.events; i++ {
+		for i := 0; i < o.events && !o.listenOnly; i++ {
 			due := windowStart + int64(i)*interval
 			if wait := due - now(); wait > 0 {
 				time.Sleep(time.Duration(wait))
@@ -645,6 +656,9 @@ func run(o options) map[string]any {
 			pub.publish(now())
 		}
 		lastPublish = now()
+		if o.listenOnly {
+			lastPublish = windowStart + int64(o.events-1)*interval
+		}
 	case "rate":
 		interval := 1e9 / o.rate
 		stop := windowStart + int64(o.duration*1e9)
@@ -703,6 +717,9 @@ func run(o options) map[string]any {
 	pub.mu.Unlock()
 	if stormResult != nil {
 		expected = stormResult["expected"].(int64)
+	}
+	if o.listenOnly {
+		expected = int64(o.events) * subscribed
 	}
 	drainStart := now()
 	drainUntil := lastPublish + int64(o.drain*1e9)
@@ -787,6 +804,11 @@ func run(o options) map[string]any {
 	}
 	if stormResult != nil {
 		result["storm"] = stormResult
+	}
+	if o.latencies != "" {
+		if problem := writeLatencies(o.latencies, latencies); problem != "" {
+			result["latencies_error"] = problem
+		}
 	}
 	return result
 }
