@@ -71,11 +71,11 @@ class Task:
         if monkey is not None and monkey.is_module_patched("threading"):
             import gevent
 
-            from .worker import hub_thread
+            from .worker import hub_thread, os_thread
 
             self._hub = gevent.get_hub()
             self._hub_thread = hub_thread()
-            self._thread = monkey.get_original("_thread", "get_ident")
+            self._thread = os_thread
             self._current = gevent.getcurrent
             self._greenlet = gevent.spawn(self._run)
         else:

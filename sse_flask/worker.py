@@ -42,7 +42,7 @@ from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 if t.TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["CHECKED_WITH", "GeventWorker", "IOWatcher", "hub_thread", "watch_socket"]
+__all__ = ["CHECKED_WITH", "GeventWorker", "IOWatcher", "hub_thread", "os_thread", "watch_socket"]
 
 #: The gunicorn and gevent versions whose internals this module was checked against.
 #: tests/test_adapter.py fails when the installed ones differ: check what this module uses
@@ -53,6 +53,10 @@ CHECKED_WITH = {"gunicorn": "27.0.1", "gevent": "26.9.0"}
 #: constructor, and ``status_code`` by ``start_response``, which an application has called
 #: by the time it returns its body unwrapped.
 _RESPONSE_INTERNALS: tuple[str, ...] = ("sock", "chunked", "sent", "response_length", "status_code")
+#: The calling OS thread's id, as ``threading.get_ident`` gives it without gevent's patching
+#: (which makes it the greenlet's); looked up once, since gevent's lookup costs more than
+#: the call.
+os_thread: t.Callable[[], int] = get_original("_thread", "get_ident")
 _FALLBACK = "event streams are left to gunicorn's own writes (every event still goes out)"
 
 _log = logging.getLogger("sse_flask")
@@ -177,7 +181,7 @@ class _SocketWriter:
     stream waits, so nothing else writes to the socket meanwhile.
     """
 
-    __slots__ = ("_hub_thread", "_response", "_send", "_sock", "_thread", "rest")
+    __slots__ = ("_hub_thread", "_response", "_send", "_sock", "rest")
 
     def __init__(
         self, response: Response, send: t.Callable[[bytes], int], thread: int | None
@@ -188,14 +192,13 @@ class _SocketWriter:
         self._response = response
         self._sock = response.sock
         self._send = send
-        self._thread = get_original("_thread", "get_ident")
         self._hub_thread = thread
 
     def send(self, data: bytes) -> bool:
         """Send ``data`` as one chunk if the socket takes any of it at once; ``False`` if
         nothing went out (the socket is full or closed, or the caller is on another OS
         thread)."""
-        if self.rest or self._thread() != self._hub_thread:
+        if self.rest or os_thread() != self._hub_thread:
             return False
         response = self._response
         chunk = b"%X\r\n%s\r\n" % (len(data), data) if response.chunked else data

@@ -242,6 +242,24 @@ def test_the_replay_is_handed_out_once(broker: Broker) -> None:
     assert subscription.replay == [] and subscription.take_replay() == []
 
 
+def test_resumes_from_one_id_replay_alike_until_the_next_event(broker: Broker) -> None:
+    """Resumes from the same id replay the same events, whatever the other resumes took of
+    theirs, in their own channels; an event published meanwhile is in the next one's."""
+    first, second = (broker.publish("a", frame(str(i))) for i in range(2))
+    taken = broker.subscribe(["a"], first, queue_size=10)
+    assert [event.id for event in replayed(taken)] == [second]
+    taken.extend_replay([frame("only for this one")])
+    assert [event.id for event in replayed(broker.subscribe(["a"], first, queue_size=10))] == [
+        second
+    ]
+    assert replayed(broker.subscribe(["b"], first, queue_size=10)) == []
+    third = broker.publish("a", frame("2"))
+    assert [event.id for event in replayed(broker.subscribe(["a"], first, queue_size=10))] == [
+        second,
+        third,
+    ]
+
+
 def test_replay_from_the_latest_id_is_empty(broker: Broker) -> None:
     """A client that has everything gets no replay and no ``missed``."""
     last = [broker.publish("a", frame(str(i))) for i in range(3)][-1]

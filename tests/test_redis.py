@@ -110,11 +110,11 @@ class RawClients:
 
 @pytest.fixture
 def raw_clients() -> t.Iterator[t.Callable[..., RawClients]]:
-    """Open many raw streams: ``raw_clients(port, count)``; closed at teardown."""
+    """Open many raw streams: ``raw_clients(port, count, path="/events")``; closed at teardown."""
     opened: list[RawClients] = []
 
-    def open_clients(port: int, count: int) -> RawClients:
-        clients = RawClients(port, count)
+    def open_clients(port: int, count: int, path: str = "/events") -> RawClients:
+        clients = RawClients(port, count, path)
         opened.append(clients)
         return clients
 
@@ -197,6 +197,37 @@ def test_redis_connections_per_worker_do_not_grow_with_streams(
     with_thousand = redis_clients(redis_server)
     assert with_ten == with_thousand
     assert with_thousand <= 1 + 8, "one reader and a pool of at most 8"
+
+
+def test_streams_resuming_together_share_one_history_read(
+    serve: t.Callable[..., Server],
+    redis_server: RedisServer,
+    raw_clients: t.Callable[..., RawClients],
+) -> None:
+    """50 streams resuming from one id at once (a reconnect storm) cost Redis one read of
+    the history, not 50, and each replays every event after the id once, in order."""
+    server = serve(broker=redis_server.url)
+    ids = [server.say(f"event {n}") for n in range(5)]
+    redis = redis_server.client()
+    redis.config_resetstat()
+    before = sum(socket_counts(server).values())
+    # Redis holds the history script (it may write the epoch) until unpaused, so every
+    # resume arrives while the first one's read is in flight.
+    redis.execute_command("CLIENT", "PAUSE", 20000, "WRITE")
+    try:
+        clients = raw_clients(server.port, 50, f"/events?lastEventId={ids[0]}")
+        wait_until(
+            lambda: sum(socket_counts(server).values()) - before >= 50, 15, "50 streams accepted"
+        )
+    finally:
+        redis.execute_command("CLIENT", "UNPAUSE")
+    clients.read(lambda: all(len(events) >= 4 for events in clients.events), 30)
+    for index in range(50):
+        assert clients.data(index) == [f"event {n}" for n in range(1, 5)]
+    stats = redis.info("commandstats")
+    reads = stats.get("cmdstat_xrange", {}).get("calls", 0)
+    # One, or a straggler or two that reached the broker after the read had returned.
+    assert 1 <= reads <= 3, f"{reads} history reads for 50 resumes from one id"
 
 
 def test_resume_on_another_host_after_events_published_elsewhere(

@@ -22,6 +22,9 @@ from .fanout import End, Fanout, Subscription
 
 __all__ = ["MemoryBroker"]
 
+#: Replays kept for the resumes that follow, until the next event (see ``_replay``).
+_REPLAYS = 16
+
 
 class MemoryBroker:
     """Publish and subscribe within one process, keeping the last ``history`` events."""
@@ -36,6 +39,8 @@ class MemoryBroker:
         self._sequence = 0
         # With history=0 the deque keeps nothing: every resume is told it missed events.
         self._history: collections.deque[tuple[int, str, bytes]] = collections.deque(maxlen=history)
+        #: The replays read since the last event, by id and channels: the same until then.
+        self._replays: dict[tuple[str, tuple[str, ...]], tuple[list[bytes], bool]] = {}
         self._fanout = Fanout()
         self._stopped = False
 
@@ -158,12 +163,28 @@ class MemoryBroker:
             )
         self._sequence += 1
         self.published += 1
+        self._replays.clear()
         event_id = f"{self._epoch}-{self._sequence}"
         return event_id, prefix_id(frame, event_id)
 
     def _replay(self, channels: t.Sequence[str], last_event_id: str) -> tuple[list[bytes], bool]:
         """What follows ``last_event_id`` on ``channels``, and whether it starts with a
-        ``missed`` frame. The caller holds the fan-out's lock."""
+        ``missed`` frame; not to be changed. The caller holds the fan-out's lock.
+
+        Until the next event it stays the same, so the streams that resume together (a
+        reconnect storm, most from the last id sent) share one look through the history.
+        """
+        key = (last_event_id, tuple(channels))
+        replay = self._replays.get(key)
+        if replay is None:
+            if len(self._replays) >= _REPLAYS:
+                self._replays.clear()
+            replay = self._replays[key] = self._read_replay(channels, last_event_id)
+        return replay
+
+    def _read_replay(
+        self, channels: t.Sequence[str], last_event_id: str
+    ) -> tuple[list[bytes], bool]:
         oldest = self._history[0][0] if self._history else self._sequence + 1
         after = self._known_sequence(last_event_id)
         frames = []

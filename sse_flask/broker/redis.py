@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -52,6 +53,7 @@ from .redis_stream import (
     STREAM_KEY,
     Entry,
     Position,
+    Replay,
     as_text,
     entry_frame,
     entry_frames,
@@ -62,6 +64,7 @@ from .redis_stream import (
     predecessor,
     range_after,
 )
+from .shared import SharedReads
 
 if t.TYPE_CHECKING:
     import redis as _redis
@@ -113,6 +116,9 @@ class RedisBroker:
         #: The reader's last deliveries, to find where to go on after a stream that went back.
         self._delivered: collections.deque[Position] = collections.deque(maxlen=_REMEMBERED)
         self._reader_pid: int | None = None
+        #: History reads that the streams resuming together share (a reconnect storm).
+        self._histories: SharedReads[Replay] = SharedReads()
+        self._ranges: SharedReads[list[Entry]] = SharedReads()
         self._closing = False
         self._wait_replicas = wait_replicas
         #: For the epoch script: whether every publish of ours waits for a replica.
@@ -184,14 +190,16 @@ class RedisBroker:
         delivers under. If the reader is behind L, live entries up to L are skipped (the
         replay has them); if it is ahead, the entries in (L, C] are read too (they were
         delivered before the subscription existed). So none is lost or doubled.
+
+        Streams that resume from the same id while its history is being read share that
+        read (:class:`~sse_flask.broker.shared.SharedReads`), and its frames.
         """
         self._start_reader()
-        missed: bytes | None = None
-        replay: list[Entry] = []
-        upto = None
+        replay = None
         if last_event_id is not None and not self._fanout.closed:
-            missed, replay, upto = self._history_after(last_event_id)
-        return self._register(channels, queue_size, missed, replay, upto)
+            read = functools.partial(self._history_after, last_event_id)
+            replay = self._histories.read(last_event_id, read)
+        return self._register(channels, queue_size, replay)
 
     def open_job(self, channel: str, on_cancel: t.Callable[[], None]) -> None:
         """Mark the job ``channel`` running in Redis; this process's reader calls
@@ -230,7 +238,7 @@ class RedisBroker:
         stream's last position in one snapshot, then registered as :meth:`subscribe` does)."""
         self._start_reader()
         if self._fanout.closed:
-            return self._register([channel], queue_size, None, [], None)
+            return self._register([channel], queue_size, None)
         with self._reaching("read the job from"), self._redis.pipeline(transaction=True) as pipe:
             pipe.get(JOB_KEY + channel + ":state")
             pipe.set(EPOCH_KEY, secrets.token_hex(4), nx=True, get=True)
@@ -254,7 +262,7 @@ class RedisBroker:
                 entries = [
                     entry for entry in entries if (parse_id(entry[0].decode()) or (0, 0)) > after
                 ]
-        subscription = self._register([channel], queue_size, missed, entries, upto)
+        subscription = self._register([channel], queue_size, Replay(missed, entries, upto))
         # The replay has the job's last event if it ended before the reader delivered it here.
         name = channel.encode()
         ended = any(b"x" in fields and fields[b"c"] == name for _, fields in entries)
@@ -268,18 +276,14 @@ class RedisBroker:
         self._append(self._publish, [], [CANCEL, channel], "cancel a job through")
 
     def _register(
-        self,
-        channels: t.Sequence[str],
-        queue_size: int,
-        missed: bytes | None,
-        replay: list[Entry],
-        upto: Position | None,
+        self, channels: t.Sequence[str], queue_size: int, replay: Replay | None
     ) -> Subscription:
-        """Register a subscription that resumes with ``replay``, read up to ``upto``: the
-        entries the reader delivered beyond ``upto`` before it was registered are added to
-        ``replay``, and those it has yet to deliver up to ``upto`` are skipped."""
-        wanted = set(channels)
-        frames = ([missed] if missed else []) + entry_frames(replay, wanted)
+        """Register a subscription that resumes with ``replay``, read up to its ``upto``:
+        the entries the reader delivered beyond ``upto`` before it was registered are added
+        to the replay, and those it has yet to deliver up to ``upto`` are skipped."""
+        frames = replay.frames(channels) if replay is not None else []
+        upto = replay.upto if replay is not None else None
+        missed = replay is not None and replay.missed is not None
         with self._fanout.lock:
             if self._cursor is None and upto is not None:
                 # The reader has no position yet (Redis was down when it started) and has
@@ -288,15 +292,16 @@ class RedisBroker:
             cursor = self._cursor
             skip = upto if upto is not None and cursor is not None and cursor < upto else None
             subscription = self._fanout.subscribe(
-                channels, queue_size, replay=frames, missed=missed is not None, skip_until=skip
+                channels, queue_size, replay=frames, missed=missed, skip_until=skip
             )
         if upto is not None and cursor is not None and cursor > upto:
+            span = (range_after(upto), format_id(cursor))
             try:
-                delivered = self._entries(range_after(upto), format_id(cursor))
+                delivered = self._ranges.read(span, functools.partial(self._entries, *span))
             except BrokerUnavailable:
                 subscription.close()
                 raise
-            subscription.extend_replay(entry_frames(delivered, wanted))
+            subscription.extend_replay(entry_frames(delivered, set(channels)))
         return subscription
 
     def stats(self) -> dict[str, t.Any]:
@@ -316,10 +321,10 @@ class RedisBroker:
         self._fanout.close_all()
         self._redis.connection_pool.disconnect()
 
-    def _history_after(self, last_event_id: str) -> tuple[bytes | None, list[Entry], Position]:
-        """A ``missed`` frame if ``last_event_id`` is unknown or trimmed away (``None`` if
-        not), the retained entries after it (all of them after a ``missed``), and the
-        stream's last position they cover.
+    def _history_after(self, last_event_id: str) -> Replay:
+        """The replay after ``last_event_id``: a ``missed`` frame if that id is unknown or
+        trimmed away (``None`` if not), the retained entries after it (all of them after a
+        ``missed``), and the stream's last position they cover.
 
         An id is *held* only if this stream issued it and nothing after it is gone: it is
         still retained, or it is the predecessor of the first retained entry after it, or
@@ -340,9 +345,9 @@ class RedisBroker:
         if epoch == current_epoch and after is not None and deleted <= after:
             held = [(entry, dict(zip(fields[::2], fields[1::2]))) for entry, fields in answer[3]]
             if held and parse_id(held[0][0].decode()) == after:
-                return None, held[1:], last
+                return Replay(None, held[1:], last)
             if (held and predecessor(held[0]) == after) or (not held and after == last):
-                return None, held, last
+                return Replay(None, held, last)
         # Entries kept from an earlier epoch (a Redis restarted with its data) go out under
         # the current one: a client resuming from one of them later is then held, instead of
         # being told ``missed`` again at every reconnect until a new event arrives.
@@ -355,7 +360,7 @@ class RedisBroker:
         # Resuming after the notice replays everything retained now: with none, the last
         # position; else the predecessor of the first entry, held by the rule above.
         resume = predecessor(entries[0]) if entries else last
-        return missed_frame(last_event_id, current_epoch, first, resume), entries, last
+        return Replay(missed_frame(last_event_id, current_epoch, first, resume), entries, last)
 
     def _entries(self, start: str, end: str) -> list[Entry]:
 

@@ -141,6 +141,29 @@ def entry_frames(entries: t.Iterable[Entry], channels: t.Container[str]) -> list
     ]
 
 
+class Replay:
+    """What a resume from one id replays: the ``missed`` frame (``None`` if none), the
+    entries after the id, and the stream's last position they cover. Read once for the
+    streams that resume from that id together, and encoded once per set of channels."""
+
+    __slots__ = ("_frames", "entries", "missed", "upto")
+
+    def __init__(self, missed: bytes | None, entries: list[Entry], upto: Position) -> None:
+        self.missed = missed
+        self.entries = entries
+        self.upto = upto
+        self._frames: dict[frozenset[str], list[bytes]] = {}
+
+    def frames(self, channels: t.Iterable[str]) -> list[bytes]:
+        """The notice, then the frames of the entries on ``channels``; not to be changed."""
+        wanted = frozenset(channels)
+        frames = self._frames.get(wanted)
+        if frames is None:
+            notice = [self.missed] if self.missed else []
+            frames = self._frames[wanted] = notice + entry_frames(self.entries, wanted)
+        return frames
+
+
 def as_text(value: t.Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 

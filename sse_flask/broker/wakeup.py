@@ -26,9 +26,9 @@ def wakeup() -> Wakeup:
         return threading.Event()
     import gevent
 
-    from ..worker import hub_thread
+    from ..worker import hub_thread, os_thread
 
-    return GreenletWakeup(gevent.get_hub(), hub_thread())
+    return GreenletWakeup(gevent.get_hub(), hub_thread(), os_thread)
 
 
 class GreenletWakeup:
@@ -43,15 +43,15 @@ class GreenletWakeup:
 
     __slots__ = ("_current", "_flag", "_hub", "_hub_thread", "_scheduled", "_thread", "_waiter")
 
-    def __init__(self, hub: t.Any, hub_thread: int | None) -> None:
-        import gevent.monkey
+    def __init__(self, hub: t.Any, hub_thread: int | None, os_thread: t.Callable[[], int]) -> None:
+        import gevent
 
         self._flag = False
         self._waiter: t.Any = None
         self._scheduled = False
         self._hub = hub
         self._hub_thread = hub_thread
-        self._thread = gevent.monkey.get_original("_thread", "get_ident")
+        self._thread = os_thread
         self._current = gevent.getcurrent
 
     def set(self) -> None:
