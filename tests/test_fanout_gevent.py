@@ -23,6 +23,8 @@ CASES = {
     "a held subscription gathers frames and is released within the write interval": (
         "held_subscription_is_released"
     ),
+    "a held subscription is released once the hub has nothing else to run, before the "
+    "write interval": "held_subscription_is_released_once_the_hub_is_idle",
     "closing wakes a held wait at once": "close_wakes_a_held_wait",
 }
 

@@ -9,11 +9,14 @@ Each subscription is a bounded mailbox (a list and an event) rather than a
 is not waited on but cut off, so that one slow reader never delays the others and never
 makes the server buffer without bound.
 
-A stream writes at most about once per :data:`WRITE_INTERVAL`: after each write its
-subscription is held, and frames that arrive meanwhile wait to go out together. An event
-to an idle stream goes out at once; a busy stream sends its burst in a few writes instead
-of one per event, which is what most of a worker's time goes to otherwise (waking the
-stream, gunicorn's write path, a system call).
+After each write a stream's subscription is held, and frames that arrive meanwhile wait to
+go out together, for up to :data:`WRITE_INTERVAL`; under gevent, only until the worker has
+nothing else ready to run (:func:`~sse_flask.broker.wakeup.hold_pause`). An event to an idle
+stream goes out at once; a busy stream sends its burst in a few writes instead of one per
+event, which is what most of a worker's time goes to otherwise (waking the stream,
+gunicorn's write path, a system call). A fixed window would hold back every event to a
+stream that gets one more often than the window (each release that sends something holds
+the stream again), adding up to the window to each under any load.
 
 Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), the fan-out
 writes for a stream that is waiting, without blocking: :meth:`Fanout.deliver` sends a frame
@@ -36,13 +39,14 @@ import time
 import typing as t
 
 from ..metrics import sent
-from .wakeup import wakeup
+from .wakeup import hold_pause, wakeup
 
 __all__ = ["End", "Fanout", "Subscription"]
 
 #: Seconds between the ticker's rounds: how late a wake-up by ``wake_at`` may be.
 TICK = 0.25
-#: Seconds a stream holds the frames that arrive after a write, to send them in one.
+#: Seconds at most that a stream holds the frames that arrive after a write, to send them in
+#: one.
 WRITE_INTERVAL = 0.005
 
 #: What :meth:`Subscription.deliver` did with a frame.
@@ -269,7 +273,8 @@ class Fanout:
     has come, every :data:`TICK` seconds, so that idle streams can wait without a
     timeout: a timed wait costs a timer per wake-up, which adds up to a fifth of a
     worker's time when thousands of streams wake for every event. The same thread
-    releases held subscriptions every :data:`WRITE_INTERVAL` while there are any.
+    releases held subscriptions while there are any, after each hold (see the module's
+    description).
     """
 
     def __init__(self) -> None:
@@ -382,10 +387,11 @@ class Fanout:
         }
 
     def _tick(self) -> None:
+        pause = hold_pause()
         next_tick = time.monotonic() + TICK
         while not self.closed:
             if self._holding.wait(max(next_tick - time.monotonic(), 0.0)):
-                time.sleep(WRITE_INTERVAL)
+                pause(WRITE_INTERVAL)
                 self._release()
             now = time.monotonic()
             if now >= next_tick:

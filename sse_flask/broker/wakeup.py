@@ -1,13 +1,16 @@
-"""A subscription's wake-up: a :class:`threading.Event` where streams are threads, a bare
-greenlet switch (:class:`GreenletWakeup`) under gevent's monkey-patching."""
+"""What differs where streams are greenlets: a subscription's wake-up, a
+:class:`threading.Event` where streams are threads and a bare greenlet switch
+(:class:`GreenletWakeup`) under gevent's monkey-patching; and how long the fan-out's ticker
+waits out a hold (:func:`hold_pause`)."""
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 import typing as t
 
-__all__ = ["GreenletWakeup", "Wakeup", "wakeup"]
+__all__ = ["GreenletWakeup", "Wakeup", "hold_pause", "wakeup"]
 
 
 class Wakeup(t.Protocol):
@@ -21,14 +24,35 @@ class Wakeup(t.Protocol):
 def wakeup() -> Wakeup:
     """A :class:`threading.Event` for the calling thread to wait on; under gevent's
     monkey-patching, a :class:`GreenletWakeup` for the calling greenlet."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("threading"):
+    if not _patched():
         return threading.Event()
     import gevent
 
     from ..worker import hub_thread, os_thread
 
     return GreenletWakeup(gevent.get_hub(), hub_thread(), os_thread)
+
+
+def hold_pause() -> t.Callable[[float], None]:
+    """How the fan-out's ticker waits before it releases held subscriptions, given the most
+    it may wait: all of it where streams are threads; under gevent's monkey-patching, only
+    until the hub has nothing else ready to run (:func:`gevent.idle`). A worker with time to
+    spare then sends what a held stream gathered at once, and a busy one still gathers what
+    arrives while it works, for up to the whole wait."""
+    if not _patched():
+        return time.sleep
+    import gevent
+
+    def until_idle(seconds: float) -> None:
+        with gevent.Timeout(seconds, False):
+            gevent.idle()
+
+    return until_idle
+
+
+def _patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
 
 
 class GreenletWakeup:

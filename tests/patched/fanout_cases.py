@@ -9,7 +9,7 @@ import time
 import gevent
 from gevent import monkey
 
-from sse_flask.broker import MemoryBroker
+from sse_flask.broker import MemoryBroker, fanout
 from sse_flask.broker.fanout import Subscription
 from sse_flask.broker.wakeup import GreenletWakeup
 
@@ -79,6 +79,16 @@ def held_subscription_is_released() -> None:
     broker.publish("a", b"data: 2\n\n")
     with gevent.Timeout(2):
         assert sub.wait(None).count(b"data:") == 2
+
+
+def held_subscription_is_released_once_the_hub_is_idle() -> None:
+    # Far longer than the case may take: only the hub's going idle can release it in time.
+    fanout.WRITE_INTERVAL = 60
+    broker, sub = subscribed()
+    sub.hold()
+    broker.publish("a", b"data: 1\n\n")
+    with gevent.Timeout(2):
+        assert sub.wait(None).endswith(b"data: 1\n\n")
 
 
 def close_wakes_a_held_wait() -> None:
