@@ -518,15 +518,28 @@ def plot(results: list[Result], path: Path) -> bool:
     ax.set_xticks(sorted(sizes))
     ax.set_xticklabels([f"{n:,}" for n in sorted(sizes)])
     ax.set_xlabel("idle streams (a hollow marker: the server held fewer than all, at least 99%)")
-    ax.set_ylabel("fanout latency, ms (log scale; solid p99, dotted p50)")
+    _save_plot(
+        fig,
+        ax,
+        path,
+        ylabel="fanout latency, ms (log scale; solid p99, dotted p50)",
+        title="Fanout latency against streams, one core each side",
+    )
+    return True
+
+
+def _save_plot(fig: t.Any, ax: t.Any, path: Path, *, ylabel: str, title: str) -> None:
+    """The plots' common finish: a log latency axis, grid and legend, written to ``path``."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    ax.set_title("Fanout latency against streams, one core each side")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return True
 
 
 def _storm_section(results: list[Result], servers: list[str], meta: dict[str, t.Any]) -> list[str]:
@@ -710,12 +723,11 @@ def plot_curve(results: list[Result], path: Path) -> bool:
         return False
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set_xlabel("offered deliveries/s (events/s × streams), open loop")
-    ax.set_ylabel("latency, ms (log scale; solid p99, dotted p50)")
-    ax.set_yscale("log")
-    ax.set_title("Latency against offered rate, one core each side")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_plot(
+        fig,
+        ax,
+        path,
+        ylabel="latency, ms (log scale; solid p99, dotted p50)",
+        title="Latency against offered rate, one core each side",
+    )
     return True
