@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_report(results: list[dict[str, t.Any]], meta: dict[str, t.Any], out: Path) -> None:
     text = report.markdown(results, meta)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text)
     (out / "results.json").write_text(
         json.dumps({"meta": meta, "results": results}, indent=1) + "\n"
