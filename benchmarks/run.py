@@ -1,6 +1,6 @@
 """Run the sse-flask benchmark: sse_flask and its peers side by side, one core each side.
 
-    python benchmarks/run.py                 # the full run (7 to 8 minutes on an idle machine)
+    python benchmarks/run.py                 # the full run (about 14 minutes on an idle machine)
     python benchmarks/run.py --quick         # 1,000 streams, 3 s of throughput
     python benchmarks/run.py --only sse_flask,go
     python benchmarks/run.py --scale         # adds 19,000 streams on one worker, 4 x 15,000 with Redis
