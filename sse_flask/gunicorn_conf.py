@@ -4,7 +4,7 @@
     gunicorn -c python:sse_flask.gunicorn_conf 'yourapp:create_app()' -b 127.0.0.1:8080
 
 sse-flask's gevent workers (:class:`sse_flask.worker.GeventWorker`: publishes write to
-waiting streams themselves) with room for 10,000 streams each; open streams closed as soon as
+waiting streams themselves) with room for up to 20,000 connections each; open streams closed as soon as
 a worker is told to stop (SIGTERM, SIGHUP, or SIGINT), so that browsers reconnect to the new
 workers at once; ``/metrics`` summed over the workers. The bind is left to the command line.
 gunicorn reads every name here that is one of its settings.

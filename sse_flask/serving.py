@@ -29,7 +29,8 @@ DEFAULT_PORT = 8080
 GUNICORN_SETTINGS: dict[str, t.Any] = {
     "worker_class": "sse_flask.worker.GeventWorker",
     # Each open stream holds one of a worker's connections (gunicorn's default is 1000);
-    # room for 10,000 streams and the requests that publish and poll beside them.
+    # room for as many as a process's open files allow (19,000 streams held by one worker in
+    # benchmarks/, where the limit is 20,000) and the requests that publish and poll beside them.
     "worker_connections": 20000,
     # Seconds a stopping worker waits for open requests. Streams are closed as soon as the
     # worker stops accepting (see post_worker_init), so this only bounds stragglers.

@@ -472,14 +472,10 @@ def plot(results: list[Result], path: Path) -> bool:
 
     Returns ``False`` without drawing if matplotlib is missing.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    figure = _new_plot()
+    if figure is None:
         return False
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = figure
     drawn = False
     sizes: set[int] = set()
     for index, (name, server) in enumerate(SERVERS.items()):
@@ -513,7 +509,7 @@ def plot(results: list[Result], path: Path) -> bool:
         ax.plot(xs, [p[2] for p in points], linestyle=":", color=color, linewidth=1.2)
         drawn = True
     if not drawn:
-        plt.close(fig)
+        _close_plot(fig)
         return False
     ax.set_xticks(sorted(sizes))
     ax.set_xticklabels([f"{n:,}" for n in sorted(sizes)])
@@ -528,10 +524,21 @@ def plot(results: list[Result], path: Path) -> bool:
     return True
 
 
+def _new_plot() -> tuple[t.Any, t.Any] | None:
+    """A figure and its axes for a plot, the same size for every plot; ``None`` if
+    matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt.subplots(figsize=(9, 5.5), dpi=120)
+
+
 def _save_plot(fig: t.Any, ax: t.Any, path: Path, *, ylabel: str, title: str) -> None:
     """The plots' common finish: a log latency axis, grid and legend, written to ``path``."""
-    import matplotlib.pyplot as plt
-
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.set_title(title)
@@ -539,6 +546,12 @@ def _save_plot(fig: t.Any, ax: t.Any, path: Path, *, ylabel: str, title: str) ->
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
+    _close_plot(fig)
+
+
+def _close_plot(fig: t.Any) -> None:
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
 
 
@@ -689,14 +702,10 @@ def plot_curve(results: list[Result], path: Path) -> bool:
 
     Returns ``False`` without drawing if matplotlib is missing or no rate was measured.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    figure = _new_plot()
+    if figure is None:
         return False
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    fig, ax = figure
     drawn = False
     for index, (name, server) in enumerate(SERVERS.items()):
         points = [
@@ -719,9 +728,11 @@ def plot_curve(results: list[Result], path: Path) -> bool:
         ax.plot(xs, [p[2] for p in points], linestyle=":", color=color, linewidth=1.2)
         drawn = True
     if not drawn:
-        plt.close(fig)
+        _close_plot(fig)
         return False
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set_xlabel("offered deliveries/s (events/s × streams), open loop")
     _save_plot(
         fig,
