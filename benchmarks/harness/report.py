@@ -105,6 +105,11 @@ def _ms(value: float | None) -> str:
     return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
+def _spread(latency: dict[str, float]) -> str:
+    """A latency summary's ``p50 / p90 / p99 / max``, as the tables show it."""
+    return " / ".join(_ms(latency.get(key)) for key in ("p50", "p90", "p99", "max"))
+
+
 def _pct(value: t.Any) -> str:
     return "—" if value is None else f"{value:.0f}%"
 
@@ -211,7 +216,7 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
         out.append(
             f"| {SERVERS[name].title} | {load['published']:,} | {load['expected']:,} | {load['received']:,} | "
             f"{load['lost']:,} | {load['duplicates']:,} | {load['disconnects']:,} | "
-            f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
+            f"{_spread(lat)} | "
             f"{_ms(rtt.get('p50'))} / {_ms(rtt.get('p99'))} | {_server_cpu_text(r)} | "
             f"{_cpu_text(r, 'load')} | {r['rss_after'] / 2**20:,.0f} MiB |"
         )
@@ -237,7 +242,7 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
             lat = r["load"].get("latency_ms") or {}
             out.append(
                 f"| {SERVERS[name].title} | {n:,} | {r['subscribed']:,} | {r['connect_seconds']:.1f} s | "
-                f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
+                f"{_spread(lat)} | "
                 f"{_loss(r)} | {_server_cpu_text(r)} | {_cpu_text(r, 'load')} | "
                 f"{r['rss_empty'] / 2**20:,.0f} → {r['rss_idle'] / 2**20:,.0f} → {r['rss_after'] / 2**20:,.0f} MiB | "
                 f"{r['memory_per_stream'] / 1024:,.1f} KiB |"
@@ -347,7 +352,7 @@ def _scale(results: list[Result]) -> list[str]:
         out.append(
             f"| {r['workers']} × {r['streams'] // r['workers']:,} | {r['subscribed']:,} | "
             f"{', '.join(f'{n:,}' for n in r['per_worker'])} | {r['connect_seconds']:.1f} s | "
-            f"{_ms(lat.get('p50'))} / {_ms(lat.get('p90'))} / {_ms(lat.get('p99'))} / {_ms(lat.get('max'))} | "
+            f"{_spread(lat)} | "
             f"{_loss(r)} | {_server_cpu_text(r)} | {r['load_cpu_percent']:.0f}% | "
             f"{r['rss_empty'] / 2**20:,.0f} → {r['rss_idle'] / 2**20:,.0f} MiB | "
             f"{r['memory_per_stream'] / 1024:,.1f} KiB | {r['redis_rss_idle'] / 2**20:,.0f} MiB | "
