@@ -12,13 +12,16 @@ threaded servers that show the socket (gunicorn, waitress, werkzeug) a look at i
 each heartbeat does; elsewhere, the first failed write.
 
 Under :class:`sse_flask.worker.GeventWorker`, publishers send frames to a waiting stream's
-socket themselves, through the writer the worker gives it (:meth:`EventStream.write_through`).
+socket themselves, through the writer the worker gives it (:meth:`EventStream.write_through`),
+and once its opening is written the stream is parked (:meth:`EventStream.park`): served by
+gevent's hub from callbacks, without a greenlet.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import socket
 import sys
@@ -29,13 +32,14 @@ import zlib
 from flask import Response
 
 from .broker.fanout import TICK, End, Subscription
+from .broker.wakeup import callback_wakeup
 from .events import encode_comment, encode_retry
 from .metrics import metrics, sent
 
 if t.TYPE_CHECKING:
     from .worker import IOWatcher
 
-__all__ = ["STREAM_HEADERS", "EventStream", "SocketWriter", "stream_response"]
+__all__ = ["STREAM_HEADERS", "EventStream", "ParkedWriter", "SocketWriter", "stream_response"]
 
 log = logging.getLogger("sse_flask")
 
@@ -62,6 +66,36 @@ class SocketWriter(t.Protocol):
 
     def flush(self) -> None:
         """Write :attr:`rest`, blocking the calling greenlet."""
+
+
+class Cancellable(t.Protocol):
+    def close(self) -> None: ...
+
+
+class ParkedWriter(SocketWriter, t.Protocol):
+    """The writer of a parked stream (:meth:`EventStream.park`), which owns the client's
+    socket; its methods never block, and run in gevent's hub."""
+
+    #: The client's socket, to watch.
+    sock: socket.socket
+    #: Whether a write failed: the client is gone.
+    broken: bool
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` as one chunk, keeping in :attr:`rest` what the socket does not take."""
+
+    def end(self) -> None:
+        """Send the end of the body (under chunked encoding, its last chunk) likewise."""
+
+    def drain(self, callback: t.Callable[[], None]) -> None:
+        """Write :attr:`rest` as the socket takes it, then call ``callback``; also once the
+        client turns out to be gone. Called again meanwhile, it changes nothing."""
+
+    def call_later(self, seconds: float, callback: t.Callable[[], None]) -> Cancellable:
+        """Call ``callback`` in ``seconds``, unless cancelled by ``close()`` first."""
+
+    def close(self) -> None:
+        """Close the connection and give back the connection's place in the server."""
 
 
 class EventStream:
@@ -111,6 +145,10 @@ class EventStream:
         self._events = 0
         self._last_write = self._opened
         self._writer: SocketWriter | None = None
+        self._parked: ParkedWriter | None = None
+        self._timer: Cancellable | None = None
+        self._finishing = False
+        self._deadline: float | None = None
         self._ended: End | None = None
         self._compress = compress
         metrics().streams_open.inc()
@@ -123,6 +161,11 @@ class EventStream:
         queued (not for a gzipped stream, whose frames must go through its compressor)."""
         if not self._compress:
             self._writer = writer
+
+    def parks(self) -> bool:
+        """Whether the stream can be parked (:meth:`park`): not if gzipped, since its frames
+        go through its compressor."""
+        return not self._compress
 
     def close(self) -> None:
         """End the subscription, release the stream's slot and log why it ended; idempotent."""
@@ -148,22 +191,39 @@ class EventStream:
             ",".join(subscription.channels),
         )
 
-    def _frames(self) -> t.Generator[bytes, None, None]:
+    def opening(self) -> t.Iterator[bytes]:
+        """The chunks the stream starts with: ``retry:`` and the replay. :meth:`park`'s caller
+        writes them itself; iterating the stream writes them first."""
         if self._on_open is not None:
             self._on_open()
-        subscription = self._subscription
-        for chunk in _chunks([encode_retry(self._retry_ms), *subscription.take_replay()]):
+        for chunk in _chunks([encode_retry(self._retry_ms), *self._subscription.take_replay()]):
             yield chunk
             self._wrote(len(chunk), 0)
         self._wrote(0, self._replayed)
+        now = self._last_write = time.monotonic()
+        self._deadline = now + self._lifetime if self._lifetime is not None else None
+
+    def park(self, writer: ParkedWriter) -> None:
+        """Serve the rest of the stream from gevent's hub, once :meth:`opening` is written:
+        its server's greenlet returns, and an idle stream keeps neither a greenlet's stack
+        nor what the server's request handling held on it. From then on the fan-out sends
+        through ``writer`` (as to a stream waiting with its writer offered), and each wake-up
+        of the subscription runs :meth:`_step` in the hub, which does what the loop of
+        :meth:`_frames` does after each wait; ``writer`` owns the client's socket."""
+        self._writer = self._parked = writer
+        if self._peer is not None:
+            self._peer.move(writer.sock)
+        self._subscription.park(self._send, callback_wakeup(self._step))
+        self._step()
+
+    def _frames(self) -> t.Generator[bytes, None, None]:
+        yield from self.opening()
+        subscription = self._subscription
         writer = self._writer
         send = self._send if writer is not None else None
-        now = self._last_write = time.monotonic()
-        deadline = now + self._lifetime if self._lifetime is not None else None
+        now = self._last_write
         while True:
-            due = self._last_write + self._heartbeat
-            if deadline is not None:
-                due = min(due, deadline)
+            due = self._due()
             taken = subscription.taken
             if due - now > TICK:
                 # Far off: the fan-out's ticker wakes us up to one tick early, and a short
@@ -174,23 +234,89 @@ class EventStream:
             now = time.monotonic()
             if writer is not None and writer.rest:
                 writer.flush()
-            if chunk:
-                yield chunk
-                subscription.hold()
-                self._wrote(len(chunk), subscription.taken - taken)
-                self._last_write = now
-            elif subscription.closed is not None:
+            out = self._next(chunk, now)
+            if out is None:
                 return
-            elif self._peer is not None and self._peer.client_gone():
+            if out:
+                yield out
+                self._wrote_live(out, subscription.taken - taken, now)
+
+    def _step(self) -> None:
+        """A parked stream's turn in the hub, whenever its subscription is woken (see
+        :meth:`park`): write what is due without blocking, or finish."""
+        if self._on_close is None:
+            return
+        writer = t.cast(ParkedWriter, self._parked)
+        try:
+            if self._timer is not None:
+                self._timer.close()
+                self._timer = None
+            while not writer.broken:
+                if writer.rest:
+                    writer.drain(self._step)
+                    return
+                if self._finishing:
+                    break
+                subscription = self._subscription
+                taken = subscription.taken
+                out = self._next(subscription.take(), now := time.monotonic())
+                if out is None:
+                    self._finishing = True
+                    writer.end()
+                elif out:
+                    writer.write(out)
+                    self._wrote_live(out, subscription.taken - taken, now)
+                else:
+                    self._sleep(now)
+                    return
+            if writer.broken and self._ended is None:
                 self._ended = End.CLIENT
-                return
-            elif deadline is not None and now >= deadline:
-                self._ended = End.LIFETIME
-                return
-            elif now - self._last_write >= self._heartbeat:
-                yield _HEARTBEAT
-                self._wrote(len(_HEARTBEAT), 0)
-                self._last_write = now
+        except Exception:
+            log.exception("a parked stream failed; closing it")
+        try:
+            self.close()
+        finally:
+            writer.close()
+
+    def _sleep(self, now: float) -> None:
+        """Have a parked stream woken when its heartbeat or deadline is due: by the ticker
+        while that is far off, as :meth:`_frames` waits, and by a timer near it."""
+        due = self._due()
+        if due - now > TICK:
+            self._subscription.sleep_until(due - TICK)
+        else:
+            self._subscription.sleep_until(math.inf)
+            self._timer = t.cast(ParkedWriter, self._parked).call_later(due - now, self._step)
+
+    def _due(self) -> float:
+        """When the stream must next write a heartbeat or end."""
+        due = self._last_write + self._heartbeat
+        return due if self._deadline is None else min(due, self._deadline)
+
+    def _next(self, chunk: bytes, now: float) -> bytes | None:
+        """What to write once a wait has given ``chunk``, at ``now``: the chunk, a
+        heartbeat, ``b""`` (nothing yet), or ``None`` if the stream is to end."""
+        if chunk:
+            return chunk
+        if self._subscription.closed is not None:
+            return None
+        if self._peer is not None and self._peer.client_gone():
+            self._ended = End.CLIENT
+            return None
+        if self._deadline is not None and now >= self._deadline:
+            self._ended = End.LIFETIME
+            return None
+        if now - self._last_write >= self._heartbeat:
+            return _HEARTBEAT
+        return b""
+
+    def _wrote_live(self, out: bytes, frames: int, now: float) -> None:
+        """Count a live write of ``out`` (``frames`` events, or a heartbeat); after events,
+        hold the subscription (:meth:`Subscription.hold`)."""
+        if out is not _HEARTBEAT:
+            self._subscription.hold()
+        self._wrote(len(out), frames)
+        self._last_write = now
 
     def _send(self, data: bytes, frames: int) -> bool:
         """Send ``frames`` joined as ``data`` through the writer while the stream waits: the
@@ -319,6 +445,11 @@ class _PeerWatch:
     def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.close()
+
+    def move(self, sock: socket.socket) -> None:
+        """Watch ``sock`` from now on: the same connection, whose socket a parked stream's
+        writer took over (its descriptor, which the watcher watches, is the same)."""
+        self._sock = self._raw = sock
 
     def _on_readable(self) -> None:
         t.cast("IOWatcher", self._watcher).stop()

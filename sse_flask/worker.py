@@ -8,6 +8,13 @@ system call that sends the frame. Under this worker, a publish sends the frame t
 stream that is waiting with nothing queued, without blocking, framed as gunicorn frames
 the body; whatever the socket does not take at once is left to the stream's greenlet.
 
+Once a stream's opening is written, the worker parks it (:meth:`EventStream.park
+<sse_flask.stream.EventStream.park>`): the connection's greenlet returns to gunicorn with
+``ALREADY_HANDLED``, the stream owns the OS socket (:class:`_ParkedSocket`), and gevent's hub
+runs it from callbacks, so an idle stream keeps no greenlet's stack and none of gunicorn's
+per-request objects. It keeps its connection's place in ``worker_connections``
+(:class:`_StreamPool`).
+
 Like ``wsgi.file_wrapper``, it only applies to an :class:`~sse_flask.stream.EventStream`
 that reaches gunicorn as the application returned it: a middleware that wraps the body
 gets it iterated, as under any other server. TLS listeners and HTTP/2 responses are left
@@ -20,10 +27,12 @@ This module is also the adapter to what the direct writes, :mod:`sse_flask.strea
 on the client's socket and :mod:`sse_flask.tasks` use of gunicorn and gevent beyond their
 documented API: gunicorn's ``Response`` behind ``start_response`` (its socket, framing and
 byte count), the OS socket inside gevent's (``_sock``), the hub's OS thread
-(``thread_ident``). They were
+(``thread_ident``), the name ``Pool`` in gunicorn's ``ggevent`` module (from which its
+``run()`` makes the pools) and gevent's ``Pool._semaphore``. They were
 checked with the versions in :data:`CHECKED_WITH`, which a test pins. Under other versions
 the worker says so in its log when it boots; where one of them is missing, it says that
-too and leaves every stream to gunicorn's own write path, which still delivers every event.
+too and leaves every stream to gunicorn's own write path (or, without ``Pool``, to its
+greenlet), which still delivers every event.
 """
 
 from __future__ import annotations
@@ -31,12 +40,16 @@ from __future__ import annotations
 import logging
 import socket
 import typing as t
+from datetime import datetime
 
 import gevent
 import gunicorn
 from gevent import get_hub
 from gevent.monkey import get_original
+from gevent.pool import Pool
 from gunicorn.http.wsgi import Response
+from gunicorn.workers import ggevent
+from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker as _GunicornGeventWorker
 
 if t.TYPE_CHECKING:
@@ -57,7 +70,11 @@ _RESPONSE_INTERNALS: tuple[str, ...] = ("sock", "chunked", "sent", "response_len
 #: (which makes it the greenlet's); looked up once, since gevent's lookup costs more than
 #: the call.
 os_thread: t.Callable[[], int] = get_original("_thread", "get_ident")
+#: The socket class without gevent's patching: a parked stream's socket is written to by
+#: the hub's callbacks, never waited on.
+_os_socket: type[socket.socket] = get_original("socket", "socket")
 _FALLBACK = "event streams are left to gunicorn's own writes (every event still goes out)"
+_NO_PARKING = "idle event streams keep their greenlets (every event still goes out)"
 
 _log = logging.getLogger("sse_flask")
 
@@ -70,12 +87,23 @@ class IOWatcher(t.Protocol):
     def close(self) -> None: ...
 
 
+class _Parkable(t.Protocol):
+    """What parking uses of :class:`sse_flask.stream.EventStream`."""
+
+    def parks(self) -> bool: ...
+    def opening(self) -> t.Iterator[bytes]: ...
+    def park(self, writer: t.Any) -> None: ...
+    def close(self) -> None: ...
+
+
 class _Logger(t.Protocol):
     def warning(self, msg: str, *args: object) -> None: ...
 
 
 class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
-    """gunicorn's ``gevent`` worker, offering each event stream a :class:`_SocketWriter`."""
+    """gunicorn's ``gevent`` worker, offering each event stream a :class:`_SocketWriter`,
+    and parking it (:meth:`EventStream.park <sse_flask.stream.EventStream.park>`) once its
+    opening is written."""
 
     wsgi: WSGIApplication
 
@@ -87,6 +115,59 @@ class GeventWorker(_GunicornGeventWorker):  # type: ignore[misc]
             self.log.warning("gevent's hub.thread_ident is missing: %s", _FALLBACK)
         elif not self.cfg.is_ssl:
             self.wsgi = _offer_writers(self.wsgi, self.log, thread)
+
+    def run(self) -> None:
+        # gunicorn's run() makes each listener's pool of connection greenlets from the
+        # name Pool in its module; _StreamPool also counts the parked streams.
+        if getattr(ggevent, "Pool", None) is Pool:
+            ggevent.Pool = _StreamPool
+        else:
+            self.log.warning("gunicorn.workers.ggevent.Pool is not gevent's Pool: %s", _NO_PARKING)
+        super().run()
+
+    def is_already_handled(self, respiter: object) -> bool:
+        # A parked stream's connection is its own now: end gunicorn's keep-alive loop.
+        if respiter is ALREADY_HANDLED:
+            raise StopIteration
+        return False
+
+
+class _StreamPool(Pool):  # type: ignore[misc]
+    """gevent's pool of a listener's connection greenlets, in which a parked stream keeps
+    its connection's place after its greenlet returns: ``worker_connections`` still bounds
+    a worker's clients, and a stopping worker still waits for its streams to end."""
+
+    #: Every such pool in this process: the worker's, one per listener.
+    pools: t.ClassVar[list[_StreamPool]] = []
+
+    def __init__(self, size: int | None = None, greenlet_class: t.Any = None) -> None:
+        super().__init__(size, greenlet_class)
+        self.parked = 0
+        _StreamPool.pools.append(self)
+
+    def free_count(self) -> int:
+        if self.size is None:
+            return 1
+        return max(0, int(self.size) - len(self) - self.parked)
+
+    @classmethod
+    def place(cls) -> _StreamPool | None:
+        """The pool of the calling greenlet, having given its stream a place of its own;
+        ``None`` if it has none (not a pool's greenlet, or the pool is full)."""
+        current = gevent.getcurrent()
+        pool = next((pool for pool in cls.pools if current in pool), None)
+        return pool if pool is not None and pool._take_place() else None
+
+    def _take_place(self) -> bool:
+        if not self._semaphore.acquire(blocking=False):
+            return False
+        self.parked += 1
+        return True
+
+    def give_back(self) -> None:
+        """A parked stream has ended: its place is free again."""
+        self.parked -= 1
+        self._semaphore.release()
 
 
 def hub_thread() -> int | None:
@@ -118,17 +199,25 @@ def _check_versions(log: _Logger) -> None:
         )
 
 
+#: What a parked stream needs for gunicorn's access log line: the logger, the environ and
+#: when the request started.
+_Access = tuple[t.Any, "WSGIEnvironment", datetime]
+
+
 class _Missing(Exception):
     """A gunicorn or gevent internal that the direct writes need is not there."""
 
 
 def _offer_writers(
-    app: WSGIApplication, log: _Logger = _log, thread: int | None = None
+    app: WSGIApplication, log: t.Any = _log, thread: int | None = None
 ) -> WSGIApplication:
     """``app``, giving a :class:`_SocketWriter` to each event stream it returns as is (a
     body whose class takes one, ``write_through``), for a plain 200 response to a GET over
-    HTTP/1.x. The first internal found missing is logged, and no stream gets one after it.
+    HTTP/1.x; in one of :class:`_StreamPool`'s greenlets, writing the stream's opening and
+    parking it instead (:func:`_park`). The first internal found missing is logged, and no
+    stream gets a writer after it.
 
+    :param log: gunicorn's logger, whose access log a parked stream writes to as it ends.
     :param thread: the OS thread of gevent's hub; by default, the calling thread's hub's.
     """
     hub = hub_thread() if thread is None else thread
@@ -136,6 +225,7 @@ def _offer_writers(
 
     def application(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
         nonlocal fallen_back
+        started = datetime.now()
         body = app(environ, start_response)
         offer = getattr(type(body), "write_through", None)
         if offer is not None and not fallen_back and environ["REQUEST_METHOD"] != "HEAD":
@@ -146,10 +236,40 @@ def _offer_writers(
                 log.warning("%s is missing: %s", e, _FALLBACK)
             else:
                 if writer is not None:
+                    stream = t.cast(_Parkable, body)
+                    if stream.parks() and (pool := _StreamPool.place()) is not None:
+                        logs = getattr(log, "access_log_enabled", False)
+                        return _park(
+                            stream, writer, pool, (log, environ, started) if logs else None
+                        )
                     offer(body, writer)
         return body
 
     return application
+
+
+def _park(
+    body: _Parkable,
+    writer: _SocketWriter,
+    pool: _StreamPool,
+    access: _Access | None,
+) -> t.Iterable[bytes]:
+    """Write ``body``'s opening through gunicorn's response, blocking this greenlet, then take
+    the client's socket from gevent's and park the stream on it: gunicorn's
+    :data:`ALREADY_HANDLED`, after which the worker leaves the connection alone."""
+    response = t.cast(Response, writer.response)
+    try:
+        for chunk in body.opening():
+            response.write(chunk)
+        sock = response.sock
+        family, kind, proto = sock.family, sock.type, sock.proto
+        raw = _os_socket(family, kind | socket.SOCK_NONBLOCK, proto, sock.detach())
+    except BaseException:
+        pool.give_back()
+        body.close()
+        raise
+    body.park(_ParkedSocket(raw, writer, pool, access))
+    return t.cast("t.Iterable[bytes]", ALREADY_HANDLED)
 
 
 def _socket_writer(start_response: StartResponse, thread: int | None) -> _SocketWriter | None:
@@ -181,16 +301,18 @@ class _SocketWriter:
     stream waits, so nothing else writes to the socket meanwhile.
     """
 
-    __slots__ = ("_hub_thread", "_response", "_send", "_sock", "rest")
+    __slots__ = ("_chunked", "_hub_thread", "_send", "_sock", "response", "rest")
 
     def __init__(
-        self, response: Response, send: t.Callable[[bytes], int], thread: int | None
+        self, response: Response | None, send: t.Callable[[bytes], int], thread: int | None
     ) -> None:
         #: What the socket did not take of the last chunk; the stream writes it, blocking,
         #: before anything else.
         self.rest = b""
-        self._response = response
-        self._sock = response.sock
+        #: gunicorn's response, counting the body's bytes in ``sent`` (for its access log).
+        self.response = response
+        self._chunked = response is not None and response.chunked
+        self._sock = response.sock if response is not None else None
         self._send = send
         self._hub_thread = thread
 
@@ -200,19 +322,113 @@ class _SocketWriter:
         thread)."""
         if self.rest or os_thread() != self._hub_thread:
             return False
-        response = self._response
-        chunk = b"%X\r\n%s\r\n" % (len(data), data) if response.chunked else data
+        chunk = self._chunk(data)
         try:
             sent = self._send(chunk)
         except OSError:
             # Full (EAGAIN) or gone: the stream's own write waits, or finds out.
             return False
-        response.sent += len(data)
+        if self.response is not None:
+            self.response.sent += len(data)
         if sent < len(chunk):
             self.rest = chunk[sent:]
         return True
 
+    def _chunk(self, data: bytes) -> bytes:
+        return b"%X\r\n%s\r\n" % (len(data), data) if self._chunked else data
+
     def flush(self) -> None:
         """Write :attr:`rest`, blocking only the calling greenlet."""
         rest, self.rest = self.rest, b""
-        self._sock.sendall(rest)
+        t.cast(socket.socket, self._sock).sendall(rest)
+
+
+class _ParkedSocket(_SocketWriter):
+    """A parked stream's writer (:class:`~sse_flask.stream.ParkedWriter`): the client's OS
+    socket, taken from gevent's, written to without blocking from the hub."""
+
+    __slots__ = ("_access", "_drained", "_pool", "_watcher", "broken", "sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        writer: _SocketWriter,
+        pool: _StreamPool,
+        access: _Access | None,
+    ) -> None:
+        # gunicorn's response is kept only for its access log, which needs it at the end.
+        response = writer.response if access is not None else None
+        super().__init__(response, sock.send, writer._hub_thread)
+        self._chunked = writer._chunked
+        self.sock = sock
+        self.broken = False
+        self._pool: _StreamPool | None = pool
+        self._access = access
+        self._watcher: t.Any = None
+        self._drained: t.Callable[[], None] | None = None
+
+    def write(self, data: bytes) -> None:
+        self._write(self._chunk(data))
+        if self.response is not None:
+            self.response.sent += len(data)
+
+    def end(self) -> None:
+        if self._chunked:
+            self._write(b"0\r\n\r\n")
+
+    def drain(self, callback: t.Callable[[], None]) -> None:
+        self._drained = callback
+        if self._watcher is None:
+            self._watcher = get_hub().loop.io(self.sock.fileno(), 2)
+            self._watcher.start(self._on_writable)
+
+    def call_later(self, seconds: float, callback: t.Callable[[], None]) -> t.Any:
+        timer = get_hub().loop.timer(max(seconds, 0.0))
+        timer.start(callback)
+        return timer
+
+    def close(self) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        self.sock.close()
+        pool.give_back()
+        if self._access is not None:
+            log, environ, started = self._access
+            response = t.cast(Response, self.response)
+            log.access(response, response.req, environ, datetime.now() - started)
+
+    def _write(self, chunk: bytes) -> None:
+        """Send ``chunk``, keeping what the socket does not take; mark the socket broken if
+        the client is gone."""
+        if self.rest:
+            self.rest += chunk
+            return
+        try:
+            sent = self.sock.send(chunk)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            return
+        self.rest = chunk[sent:]
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self.rest)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.broken = True
+            sent = len(self.rest)
+        self.rest = self.rest[sent:]
+        if self.rest:
+            return
+        self._watcher.close()
+        self._watcher = None
+        callback, self._drained = self._drained, None
+        if callback is not None:
+            callback()

@@ -62,6 +62,7 @@ def delivers(server: Server, stream: t.Callable[..., StreamClient], label: str) 
         ("versions", [VERSIONS_WARNING]),
         ("start_response", ["start_response.__self__ (gunicorn's Response) is missing"]),
         ("response", ["gunicorn's Response.bytes_sent is missing"]),
+        ("pool", ["gunicorn.workers.ggevent.Pool is not gevent's Pool"]),
     ],
 )
 def test_changed_internals_are_logged_once_and_streams_still_deliver(
@@ -72,7 +73,8 @@ def test_changed_internals_are_logged_once_and_streams_still_deliver(
 ) -> None:
     """Under the versions checked, the worker logs no warning. Under others, it says so once,
     naming both; with an internal the direct writes need missing, it says which, once, and
-    leaves streams to gunicorn. Either way, every stream gets its events."""
+    leaves streams to gunicorn; without gevent's Pool in gunicorn's worker module, it says so
+    and leaves streams their greenlets. Either way, every stream gets its events."""
     server = launch(
         WORKER, "sse_flask.demo:create_app", "-c", str(CONFIG), env={"ADAPTER_CHANGE": change}
     )
@@ -87,3 +89,5 @@ def test_changed_internals_are_logged_once_and_streams_still_deliver(
         assert "gunicorn 99.0.0 and gevent 99.1.0" in logged[0], log
     if change in ("start_response", "response"):
         assert FALLBACK_WARNING in logged[0], log
+    if change == "pool":
+        assert "idle event streams keep their greenlets" in logged[0], log

@@ -31,6 +31,8 @@ FOREIGN_WRITES = {
     "other way to change its status",
     ("sse_flask.worker", "sent"): "gunicorn's Response counts what went out for the access "
     "log; the worker's writer sends past it",
+    ("sse_flask.worker", "Pool"): "gunicorn's gevent worker makes its pools from the name in its "
+    "module; the worker's run() points it at its own pool class",
 }
 
 

@@ -18,6 +18,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 from pathlib import Path
@@ -29,6 +30,7 @@ import requests
 from helpers.env import need
 from helpers.patched import run_case
 from helpers.servers import Server
+from helpers.sse import RawStream
 from helpers.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,64 @@ def test_a_middleware_that_wraps_the_body_sees_every_byte(serve: t.Callable[...,
         assert received.count(b"data: m") == 5, received
         body = received.partition(b"\r\n\r\n")[2]
         assert requests.get(server.url + "/passed", timeout=5).json() == {"bytes": len(body)}
+
+
+def test_idle_streams_keep_no_greenlet(serve: t.Callable[..., Server]) -> None:
+    """Once their opening is written, streams are parked: 30 idle streams leave the worker
+    with no more greenlets than it needs for itself, and each still gets every event, a
+    heartbeat, and its end when the worker stops."""
+    server = serve(app="apps.greenlets_app:create_app", env={"SSE_HEARTBEAT": "1"})
+    streams = [RawStream(server.port) for _ in range(30)]
+    wait_until(lambda: server.stats()["consumers"] == 30, 10, "the streams")
+    alive = server.get("/greenlets").json()["greenlets"]
+    assert alive < 10, f"{alive} greenlets for 30 idle streams"
+    for n in range(3):
+        server.say(f"parked {n}")
+
+    def texts(stream: RawStream) -> list[str]:
+        return [event["data"] for event in stream.events()]
+
+    for stream in streams:
+        stream.wait_for(lambda s: len(texts(s)) == 3 and s.comments(), 10, "events, a heartbeat")
+        assert texts(stream) == [f"parked {n}" for n in range(3)]
+    server.stop()
+    for stream in streams:
+        stream.wait_closed(10)
+        assert stream.ended, "the body's last chunk"
+        stream.close()
+
+
+def test_parked_streams_keep_their_place_among_worker_connections(
+    launch: t.Callable[..., Server],
+) -> None:
+    """A parked stream still counts in gunicorn's ``worker_connections``: with room for 3,
+    a fourth connection waits until one of 3 streams ends, then is served."""
+    server = launch(
+        "sse_flask.worker.GeventWorker", "sse_flask.demo:create_app",
+        "-c", "python:sse_flask.gunicorn_conf",
+        "--worker-connections", "3",
+    )  # fmt: skip
+
+    def consumers() -> int:
+        answer = requests.get(server.url + "/stats", headers={"Connection": "close"}, timeout=10)
+        return int(answer.json()["consumers"])
+
+    streams = [RawStream(server.port)]
+    wait_until(lambda: consumers() == 1, 10, "the first stream")
+    streams.append(RawStream(server.port))
+    wait_until(lambda: consumers() == 2, 10, "the second stream")
+    streams.append(RawStream(server.port))
+    streams[2].read_until(b"retry:")
+    waiting: list[int] = []
+    asking = threading.Thread(target=lambda: waiting.append(consumers()))
+    asking.start()
+    asking.join(1.5)
+    assert not waiting, "a fourth connection was served beside 3 streams"
+    streams[0].close()
+    asking.join(10)
+    assert waiting == [2]
+    for stream in streams[1:]:
+        stream.close()
 
 
 def test_streams_over_tls_are_left_to_gunicorn(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ the stream again), adding up to the window to each under any load.
 Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), the fan-out
 writes for a stream that is waiting, without blocking: :meth:`Fanout.deliver` sends a frame
 to a stream with nothing queued, and the ticker sends what a held stream gathered. The stream
-stays held as if it had written, and its greenlet is not woken at all.
+stays held as if it had written, and its greenlet is not woken at all. A parked stream
+(:meth:`Subscription.park`) has no greenlet: the fan-out sends through it the same way for as
+long as it lasts, and its wake-ups run its next step in gevent's hub.
 
 A :class:`Subscription`'s state changes only through its methods, each called by one side:
 the broker gives the replay when it subscribes (:meth:`Fanout.subscribe`); the stream waits
@@ -39,7 +41,7 @@ import time
 import typing as t
 
 from ..metrics import sent
-from .wakeup import hold_pause, wakeup
+from .wakeup import Wakeup, hold_pause, wakeup
 
 __all__ = ["End", "Fanout", "Subscription"]
 
@@ -179,15 +181,32 @@ class Subscription:
             if (self.held or not self._frames) and self.closed is None:
                 self._wakeup.wait(timeout)
             self._wakeup.clear()
-            frames = self._frames
-            count = len(frames)
-            self.taken += count
-            # Not under the lock: a frame delivered meanwhile from another thread stays.
-            data = frames[0] if count == 1 else b"".join(frames[:count])
-            del frames[:count]
-            return data
+            return self.take()
         finally:
             self.direct = None
+
+    def park(self, direct: Direct, wake: Wakeup) -> None:
+        """Serve the stream without a greenlet from now on: the fan-out sends through
+        ``direct`` as to a waiting stream for as long as the subscription lasts, and what
+        would end a wait sets ``wake`` instead (a :class:`~.wakeup.CallbackWakeup`), whose
+        callback calls :meth:`take`."""
+        self.direct = direct
+        self._wakeup = wake
+
+    def take(self) -> bytes:
+        """Every pending frame, joined: what :meth:`wait` returns once it stops waiting, and
+        what a parked stream takes each time it is woken."""
+        frames = self._frames
+        count = len(frames)
+        self.taken += count
+        # Not under the lock: a frame delivered meanwhile from another thread stays.
+        data = frames[0] if count == 1 else b"".join(frames[:count])
+        del frames[:count]
+        return data
+
+    def sleep_until(self, when: float) -> None:
+        """Have the fan-out's ticker wake a parked stream at ``when`` (see ``wake_at``)."""
+        self.wake_at = when
 
     def wake(self) -> None:
         """Make a pending or the next :meth:`wait` return at once."""

@@ -1,7 +1,8 @@
 """What differs where streams are greenlets: a subscription's wake-up, a
-:class:`threading.Event` where streams are threads and a bare greenlet switch
-(:class:`GreenletWakeup`) under gevent's monkey-patching; and how long the fan-out's ticker
-waits out a hold (:func:`hold_pause`)."""
+:class:`threading.Event` where streams are threads, a bare greenlet switch
+(:class:`GreenletWakeup`) under gevent's monkey-patching, and a callback run by gevent's hub
+for a stream parked without a greenlet (:class:`CallbackWakeup`); and how long the fan-out's
+ticker waits out a hold (:func:`hold_pause`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import time
 import typing as t
 
-__all__ = ["GreenletWakeup", "Wakeup", "hold_pause", "wakeup"]
+__all__ = ["CallbackWakeup", "GreenletWakeup", "Wakeup", "callback_wakeup", "hold_pause", "wakeup"]
 
 
 class Wakeup(t.Protocol):
@@ -31,6 +32,15 @@ def wakeup() -> Wakeup:
     from ..worker import hub_thread, os_thread
 
     return GreenletWakeup(gevent.get_hub(), hub_thread(), os_thread)
+
+
+def callback_wakeup(callback: t.Callable[[], None]) -> CallbackWakeup:
+    """A :class:`CallbackWakeup` running ``callback`` in this thread's gevent hub."""
+    import gevent
+
+    from ..worker import hub_thread, os_thread
+
+    return CallbackWakeup(gevent.get_hub(), hub_thread(), os_thread, callback)
 
 
 def hold_pause() -> t.Callable[[float], None]:
@@ -112,3 +122,43 @@ class GreenletWakeup:
         self._scheduled = False
         if self._waiter is not None:
             self._waiter.switch()
+
+
+class CallbackWakeup:
+    """The wake-up of a stream that no greenlet serves (see
+    :meth:`sse_flask.stream.EventStream.park`): :meth:`set` has the hub run ``callback``
+    soon, once however often it is set meanwhile, from any OS thread as
+    :class:`GreenletWakeup` does. Nothing waits on it."""
+
+    __slots__ = ("_callback", "_hub", "_hub_thread", "_scheduled", "_thread")
+
+    def __init__(
+        self,
+        hub: t.Any,
+        hub_thread: int | None,
+        os_thread: t.Callable[[], int],
+        callback: t.Callable[[], None],
+    ) -> None:
+        self._callback = callback
+        self._scheduled = False
+        self._hub = hub
+        self._hub_thread = hub_thread
+        self._thread = os_thread
+
+    def set(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            if self._thread() == self._hub_thread:
+                self._hub.loop.run_callback(self._run)
+            else:
+                self._hub.loop.run_callback_threadsafe(self._run)
+
+    def clear(self) -> None:
+        """Nothing to clear: what a set left scheduled runs, and finds nothing to do."""
+
+    def wait(self, timeout: float | None) -> bool:
+        raise RuntimeError("a parked stream's subscription is not waited on")
+
+    def _run(self) -> None:
+        self._scheduled = False
+        self._callback()

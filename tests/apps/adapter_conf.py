@@ -4,7 +4,8 @@ before it boots, what an upgrade of gunicorn or gevent could bring (``ADAPTER_CH
 - ``versions``: other versions of both than ``sse_flask.worker.CHECKED_WITH`` names;
 - ``start_response``: a ``start_response`` that is not a method of gunicorn's ``Response``;
 - ``response``: a ``Response`` without one of the attributes the worker uses (as if gunicorn
-  had renamed it: the worker is told to look for one that gunicorn's never had).
+  had renamed it: the worker is told to look for one that gunicorn's never had);
+- ``pool``: gunicorn's gevent worker making its pools from another class than gevent's ``Pool``.
 
 A hub without ``thread_ident`` cannot be made here: gevent's own waits need it.
 """
@@ -16,8 +17,10 @@ import os
 import typing as t
 
 import gevent
+import gevent.pool
 import gunicorn
 from gunicorn.http import wsgi
+from gunicorn.workers import ggevent
 
 import sse_flask.worker
 from sse_flask.gunicorn_conf import *  # noqa: F403
@@ -39,3 +42,5 @@ def post_fork(server: t.Any, worker: t.Any) -> None:
         wsgi.create = create_unbound
     elif change == "response":
         sse_flask.worker._RESPONSE_INTERNALS += ("bytes_sent",)
+    elif change == "pool":
+        ggevent.Pool = type("Pool", (gevent.pool.Pool,), {})
