@@ -262,7 +262,8 @@ class EventStream:
                 out = self._next(subscription.take(), now := time.monotonic())
                 if out is None:
                     self._finishing = True
-                    writer.end()
+                    if self._ended is not End.CLIENT:
+                        writer.end()
                 elif out:
                     writer.write(out)
                     self._wrote_live(out, subscription.taken - taken, now)

@@ -256,8 +256,10 @@ def _park(
 ) -> t.Iterable[bytes]:
     """Write ``body``'s opening through gunicorn's response, blocking this greenlet, then take
     the client's socket from gevent's and park the stream on it: gunicorn's
-    :data:`ALREADY_HANDLED`, after which the worker leaves the connection alone."""
+    :data:`ALREADY_HANDLED`, after which the worker leaves the connection alone. The headers
+    say ``Connection: close``: the stream closes the connection when it ends."""
     response = t.cast(Response, writer.response)
+    response.force_close()
     try:
         for chunk in body.opening():
             response.write(chunk)

@@ -689,7 +689,8 @@ def test_a_stopping_worker_ends_streams_opened_after_the_stop(
     ended (browsers reuse it: SSE_RETRY_MS, 3 s, is shorter than gunicorn's keep-alive, 5 s).
     Served there, it would hear nothing published on the new worker until the graceful
     timeout (10 s). Refusing it (any status but 200) would do as well, and so does closing the
-    connection, as a parked stream does at its end (a browser then retries on a new one)."""
+    connection, as a parked stream does at its end (its response said ``Connection: close``,
+    which this client ignores)."""
     first = raw(server)
     reconnected: list[RawStream] = []
     ended: list[float] = []

@@ -87,10 +87,13 @@ def test_a_middleware_that_wraps_the_body_sees_every_byte(serve: t.Callable[...,
 def test_idle_streams_keep_no_greenlet(serve: t.Callable[..., Server]) -> None:
     """Once their opening is written, streams are parked: 30 idle streams leave the worker
     with no more greenlets than it needs for itself, and each still gets every event, a
-    heartbeat, and its end when the worker stops."""
+    heartbeat, and its end (the last chunk, then the connection closed, as its headers said)
+    when the worker stops."""
     server = serve(app="apps.greenlets_app:create_app", env={"SSE_HEARTBEAT": "1"})
     streams = [RawStream(server.port) for _ in range(30)]
     wait_until(lambda: server.stats()["consumers"] == 30, 10, "the streams")
+    head = streams[0].wait_for(lambda s: s.headers, 10, "the response head")
+    assert head["connection"] == "close", "a parked stream closes its connection at its end"
     alive = server.get("/greenlets").json()["greenlets"]
     assert alive < 10, f"{alive} greenlets for 30 idle streams"
     for n in range(3):
