@@ -1,7 +1,8 @@
 """The WSGI server streams run under: how many it can hold, and ending them when it stops.
 
 A stream holds what the server serves one request with for as long as the client stays: a
-greenlet under gevent (thousands per worker), a thread under a threaded server (gunicorn's
+greenlet under gevent (thousands per worker; under sse-flask's worker class, only until its
+opening is written, see :mod:`sse_flask.worker`), a thread under a threaded server (gunicorn's
 ``gthread``, waitress, Flask's dev server), or the whole worker under a server that serves
 one request at a time (gunicorn's default sync worker), which would then serve nothing
 else. :func:`stream_limit` tells them apart from the WSGI environ and, under gunicorn, from
