@@ -1,5 +1,6 @@
 """A subscription's wake-up under gevent's monkey-patching, where it is a bare greenlet switch
-rather than an Event (sse_flask.broker.wakeup.GreenletWakeup); run by
+rather than an Event (sse_flask.broker.wakeup.GreenletWakeup), or for a parked stream a
+callback in the hub (CallbackWakeup); run by
 tests/test_fanout_gevent.py, one case per fresh patched interpreter."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from gevent import monkey
 
 from sse_flask.broker import MemoryBroker, fanout
 from sse_flask.broker.fanout import Subscription
-from sse_flask.broker.wakeup import GreenletWakeup
+from sse_flask.broker.wakeup import GreenletWakeup, callback_wakeup
 
 
 def subscribed() -> tuple[MemoryBroker, Subscription]:
@@ -98,3 +99,31 @@ def close_wakes_a_held_wait() -> None:
     with gevent.Timeout(2):
         assert sub.wait(None) == b""
     assert sub.closed is not None
+
+
+def parked_wakeups() -> tuple[MemoryBroker, Subscription, list[bytes]]:
+    """A broker and a parked subscription to ``a`` whose wake-ups take what is pending
+    into the returned list, as a parked stream's step does."""
+    broker, sub = subscribed()
+    taken: list[bytes] = []
+    sub.park(lambda data, frames: False, callback_wakeup(lambda: taken.append(sub.take())))
+    return broker, sub, taken
+
+
+def parked_wakeup_runs_in_the_hub_once() -> None:
+    broker, _, taken = parked_wakeups()
+    for n in range(3):
+        broker.publish("a", b"data: %d\n\n" % n)
+    assert taken == [], "the callback runs in the hub, not in the publisher"
+    gevent.sleep(0)
+    assert len(taken) == 1 and taken[0].count(b"data: ") == 3, taken
+
+
+def parked_wakeup_from_os_thread() -> None:
+    broker, _, taken = parked_wakeups()
+    start_new_thread = monkey.get_original("_thread", "start_new_thread")
+    start_new_thread(broker.publish, ("a", b"data: t\n\n"))
+    with gevent.Timeout(2):
+        while not taken:
+            gevent.sleep(0.001)
+    assert taken[0].endswith(b"data: t\n\n"), taken
