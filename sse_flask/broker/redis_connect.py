@@ -33,14 +33,15 @@ def connect(url: str, *, pool_size: int | None, **options: t.Any) -> _redis.Redi
 
     sentinels, service, primary = sentinel_address(url)
     timeouts = {"socket_connect_timeout": options["socket_connect_timeout"], "socket_timeout": 2}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    # redis-py types Sentinel from 8.2 on; before, its calls are untyped.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         sentinels, sentinel_kwargs=timeouts, **timeouts
     )
     if pool_size is not None:
         options.update(
             connection_pool_class=blocking_sentinel_pool(), max_connections=pool_size, timeout=5
         )
-    client = sentinel.master_for(service, **primary, **options)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(service, **primary, **options)  # type: ignore[no-untyped-call, unused-ignore]
     return t.cast("_redis.Redis", client)
 
 
