@@ -20,8 +20,8 @@ the stream again), adding up to the window to each under any load.
 
 The fan-out's ticker ends a hold, and so does the first publish that finds it over: in a
 worker that publishes back to back, the ticker runs late, after the publishes ready before
-it (with only the ticker releasing them, holds of 5 ms lasted 12 ms at the median and 38 ms
-at the 99th percentile).
+it (with only the ticker releasing them, holds of 5 ms lasted 6 to 9 ms at the median and up
+to 72 ms at the 99th percentile).
 
 Where the server lets streams write to their sockets (:mod:`sse_flask.worker`), the fan-out
 writes for a stream that is waiting, without blocking: :meth:`Fanout.deliver` sends a frame
