@@ -402,9 +402,12 @@ class Fanout:
         next_tick = time.monotonic() + TICK
         while not self.closed:
             if self._holding.wait(max(next_tick - time.monotonic(), 0.0)):
-                # A publish may release the hold meanwhile and start the next one: then this
-                # waits again, for the next one's end.
-                idle = pause(max(self._release_at - time.monotonic(), 0.0))
+                # A publish may release the hold meanwhile, and start the next one: then this
+                # waits again, for the next one's end. At most WRITE_INTERVAL: where streams
+                # are threads, a publish may end the hold after the wait above, leaving no
+                # due time.
+                wait = min(self._release_at - time.monotonic(), WRITE_INTERVAL)
+                idle = pause(max(wait, 0.0))
                 if idle or time.monotonic() >= self._release_at:
                     with self.lock:
                         self._release_held()
