@@ -25,6 +25,9 @@ CASES = {
     ),
     "a held subscription is released once the hub has nothing else to run, before the "
     "write interval": "held_subscription_is_released_once_the_hub_is_idle",
+    "a publish that finds the hold over releases it, though the ticker has not run": (
+        "publish_releases_an_overdue_hold"
+    ),
     "closing wakes a held wait at once": "close_wakes_a_held_wait",
     "a parked subscription's wake-ups run its callback in the hub, once for several": (
         "parked_wakeup_runs_in_the_hub_once"

@@ -43,19 +43,27 @@ def callback_wakeup(callback: t.Callable[[], None]) -> CallbackWakeup:
     return CallbackWakeup(gevent.get_hub(), hub_thread(), os_thread, callback)
 
 
-def hold_pause() -> t.Callable[[float], None]:
+def hold_pause() -> t.Callable[[float], bool]:
     """How the fan-out's ticker waits before it releases held subscriptions, given the most
-    it may wait: all of it where streams are threads; under gevent's monkey-patching, only
-    until the hub has nothing else ready to run (:func:`gevent.idle`). A worker with time to
-    spare then sends what a held stream gathered at once, and a busy one still gathers what
-    arrives while it works, for up to the whole wait."""
+    it may wait; it returns whether it stopped early because the worker is idle. Where
+    streams are threads it waits all of it; under gevent's monkey-patching, only until the
+    hub has nothing else ready to run (:func:`gevent.idle`). A worker with time to spare then
+    sends what a held stream gathered at once, and a busy one still gathers what arrives
+    while it works, for up to the whole wait."""
     if not _patched():
-        return time.sleep
+
+        def sleep(seconds: float) -> bool:
+            time.sleep(seconds)
+            return False
+
+        return sleep
     import gevent
 
-    def until_idle(seconds: float) -> None:
+    def until_idle(seconds: float) -> bool:
         with gevent.Timeout(seconds, False):
             gevent.idle()
+            return True
+        return False
 
     return until_idle
 

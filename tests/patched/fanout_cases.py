@@ -92,6 +92,17 @@ def held_subscription_is_released_once_the_hub_is_idle() -> None:
         assert sub.wait(None).endswith(b"data: 1\n\n")
 
 
+def publish_releases_an_overdue_hold() -> None:
+    # Nothing here switches greenlets, so the ticker never runs: only the publish can
+    # release the hold, which is over as soon as it starts.
+    fanout.WRITE_INTERVAL = 0
+    broker, sub = subscribed()
+    sub.hold()
+    broker.publish("a", b"data: 1\n\n")
+    assert not sub.held
+    assert sub.wait(0).endswith(b"data: 1\n\n")
+
+
 def close_wakes_a_held_wait() -> None:
     _, sub = subscribed()
     sub.hold()
