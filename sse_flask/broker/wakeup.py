@@ -68,6 +68,20 @@ def hold_pause() -> t.Callable[[float], bool]:
     return until_idle
 
 
+def _run_in_hub(
+    hub: t.Any,
+    hub_thread: int | None,
+    os_thread: t.Callable[[], int],
+    callback: t.Callable[[], None],
+) -> None:
+    """Have ``hub`` run ``callback`` soon: through its loop's thread-safe queue when called
+    from another OS thread than the hub's (any thread, if ``hub_thread`` is unknown)."""
+    if os_thread() == hub_thread:
+        hub.loop.run_callback(callback)
+    else:
+        hub.loop.run_callback_threadsafe(callback)
+
+
 def _patched() -> bool:
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and monkey.is_module_patched("threading")
@@ -100,10 +114,7 @@ class GreenletWakeup:
         self._flag = True
         if self._waiter is not None and not self._scheduled:
             self._scheduled = True
-            if self._thread() == self._hub_thread:
-                self._hub.loop.run_callback(self._wake)
-            else:
-                self._hub.loop.run_callback_threadsafe(self._wake)
+            _run_in_hub(self._hub, self._hub_thread, self._thread, self._wake)
 
     def clear(self) -> None:
         self._flag = False
@@ -156,10 +167,7 @@ class CallbackWakeup:
     def set(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            if self._thread() == self._hub_thread:
-                self._hub.loop.run_callback(self._run)
-            else:
-                self._hub.loop.run_callback_threadsafe(self._run)
+            _run_in_hub(self._hub, self._hub_thread, self._thread, self._run)
 
     def clear(self) -> None:
         """Nothing to clear: what a set left scheduled runs, and finds nothing to do."""
