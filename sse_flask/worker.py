@@ -222,10 +222,11 @@ def _offer_writers(
     """
     hub = hub_thread() if thread is None else thread
     fallen_back = False
+    logs = getattr(log, "access_log_enabled", False)
 
     def application(environ: WSGIEnvironment, start_response: StartResponse) -> t.Iterable[bytes]:
         nonlocal fallen_back
-        started = datetime.now()
+        started = datetime.now() if logs else None
         body = app(environ, start_response)
         offer = getattr(type(body), "write_through", None)
         if offer is not None and not fallen_back and environ["REQUEST_METHOD"] != "HEAD":
@@ -238,10 +239,8 @@ def _offer_writers(
                 if writer is not None:
                     stream = t.cast(_Parkable, body)
                     if stream.parks() and (pool := _StreamPool.place()) is not None:
-                        logs = getattr(log, "access_log_enabled", False)
-                        return _park(
-                            stream, writer, pool, (log, environ, started) if logs else None
-                        )
+                        access = None if started is None else (log, environ, started)
+                        return _park(stream, writer, pool, access)
                     offer(body, writer)
         return body
 

@@ -145,6 +145,31 @@ def test_parked_streams_keep_their_place_among_worker_connections(
         stream.close()
 
 
+def test_a_parked_stream_has_its_access_log_line_when_it_ends(
+    launch: t.Callable[..., Server],
+) -> None:
+    """gunicorn's access log gets one line for a parked stream, once it has ended, with every
+    body byte the client read (the event sent by the publisher, the heartbeat by the stream)."""
+    server = launch(
+        "sse_flask.worker.GeventWorker", "sse_flask.demo:create_app",
+        "-c", "python:sse_flask.gunicorn_conf", "--access-logfile", "-",
+        env={"SSE_HEARTBEAT": "0.3"},
+    )  # fmt: skip
+    request = '"GET /events HTTP/1.1" 200 '
+    stream = RawStream(server.port)
+    wait_until(lambda: server.stats()["consumers"] == 1, 10, "the stream")
+    server.say("logged")
+    stream.wait_for(lambda s: s.events() and s.comments(), 10, "the event and a heartbeat")
+    assert request not in server.log(), "logged before the stream ended"
+    stream.close()
+    line = wait_until(
+        lambda: next((line for line in server.log().splitlines() if request in line), None),
+        10,
+        "the access log line",
+    )
+    assert int(line.partition(request)[2].split()[0]) == len(stream.body), line
+
+
 def test_streams_over_tls_are_left_to_gunicorn(tmp_path: Path) -> None:
     """On a TLS listener the worker offers no writer (a raw send would bypass TLS): events
     arrive intact through gunicorn started with the project's gunicorn.conf.py."""
