@@ -69,6 +69,8 @@ class SocketWriter(t.Protocol):
 
 
 class Cancellable(t.Protocol):
+    """What :meth:`ParkedWriter.call_later` returns: a timer that ``close()`` cancels."""
+
     def close(self) -> None: ...
 
 
