@@ -36,6 +36,11 @@ GUNICORN_SETTINGS: dict[str, t.Any] = {
     # worker stops accepting (see post_worker_init), so this only bounds stragglers.
     "graceful_timeout": 10,
     "keepalive": 5,
+    # The accept queue: after a deploy or a network blip every client reconnects at once, and
+    # a connection the queue has no room for waits for the client to retry its SYN, a second
+    # or more later (gunicorn's default is 2048). The kernel caps it at net.core.somaxconn
+    # (4096 by default since Linux 5.4), as for Go, whose listeners ask for that.
+    "backlog": 65535,
     # gunicornc is not used; without this, two servers on one machine share a socket path.
     "control_socket_disable": True,
     # Subscribe tokens travel in stream URLs: keep them out of the access and error logs.
