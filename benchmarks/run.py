@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import compression, procs, report
 from harness.scale import ScalePlan, run_scale
-from harness.scenario import Plan, run_scenario
+from harness.scenario import Plan, py_spy, run_scenario
 from harness.servers import BENCH_DIR, SERVERS, build_go
 
 #: the options that override a field of the Plan of the same name
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.report.read_text())
         _write_report(saved["results"], saved["meta"], args.out or args.report.parent)
         return 0
+    if args.profile and py_spy() is None:
+        parser.error("--profile needs py-spy: pip install -r benchmarks/requirements.txt")
     names = _select(args.only, args.skip)
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu, load_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (cpus[0], cpus[0])

@@ -199,28 +199,29 @@ def markdown(results: list[Result], meta: dict[str, t.Any]) -> str:
         out.append("")
         out.append(_ranking(servers, figures, ours))
 
-    out.append("## Throughput in detail\n")
-    out.append(
-        "| server | published | expected | received | lost | dup | disconnects | latency p50 / p90 / p99 / max "
-        "| publish round trip p50 / p99 | server CPU (of which redis) | load CPU | RSS |"
-    )
-    out.append("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
-    for name in servers:
-        r = _find(results, name, "throughput")
-        if not _ok(r) or r is None:
-            out.append(f"| {SERVERS[name].title} | failed: see below |" + " |" * 10)
-            continue
-        load = r["load"]
-        lat = load.get("latency_ms") or {}
-        rtt = load.get("publish_rtt_ms") or {}
+    if any(_find(results, name, "throughput") is not None for name in servers):
+        out.append("## Throughput in detail\n")
         out.append(
-            f"| {SERVERS[name].title} | {load['published']:,} | {load['expected']:,} | {load['received']:,} | "
-            f"{load['lost']:,} | {load['duplicates']:,} | {load['disconnects']:,} | "
-            f"{_spread(lat)} | "
-            f"{_ms(rtt.get('p50'))} / {_ms(rtt.get('p99'))} | {_server_cpu_text(r)} | "
-            f"{_cpu_text(r, 'load')} | {r['rss_after'] / 2**20:,.0f} MiB |"
+            "| server | published | expected | received | lost | dup | disconnects | latency p50 / p90 / p99 / max "
+            "| publish round trip p50 / p99 | server CPU (of which redis) | load CPU | RSS |"
         )
-    out.append("")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
+        for name in servers:
+            r = _find(results, name, "throughput")
+            if not _ok(r) or r is None:
+                out.append(f"| {SERVERS[name].title} | failed: see below |" + " |" * 10)
+                continue
+            load = r["load"]
+            lat = load.get("latency_ms") or {}
+            rtt = load.get("publish_rtt_ms") or {}
+            out.append(
+                f"| {SERVERS[name].title} | {load['published']:,} | {load['expected']:,} | {load['received']:,} | "
+                f"{load['lost']:,} | {load['duplicates']:,} | {load['disconnects']:,} | "
+                f"{_spread(lat)} | "
+                f"{_ms(rtt.get('p50'))} / {_ms(rtt.get('p99'))} | {_server_cpu_text(r)} | "
+                f"{_cpu_text(r, 'load')} | {r['rss_after'] / 2**20:,.0f} MiB |"
+            )
+        out.append("")
 
     out.append("## Fanout in detail\n")
     out.append(

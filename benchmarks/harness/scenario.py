@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import typing as t
 import urllib.error
@@ -22,7 +24,7 @@ from pathlib import Path
 from . import procs
 from .servers import PEERS, Server
 
-__all__ = ["Plan", "run_scenario", "wait_ready"]
+__all__ = ["Plan", "py_spy", "run_scenario", "wait_ready"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,10 +234,19 @@ def _background_busy(plan: Plan, seconds: float = 0.5) -> list[float]:
     ]
 
 
+def py_spy() -> str | None:
+    """py-spy's path: beside this Python (a virtualenv's, whose bin may not be on PATH),
+    or on PATH."""
+    return shutil.which(
+        "py-spy",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
+
+
 def _start_py_spy(
     pid: int, output: Path, seconds: float, plan: Plan, workdir: Path
 ) -> procs.Proc | None:
-    spy = shutil.which("py-spy")
+    spy = py_spy()
     if spy is None:
         return None
     return procs.start(
