@@ -291,7 +291,7 @@ def _socket_writer(start_response: StartResponse, thread: int | None) -> _Socket
     if raw is None:
         # gevent's own send would wait for a full socket, blocking the publisher.
         raise _Missing("the OS socket inside gevent's (_sock)")
-    return _SocketWriter(response, raw.send, thread)
+    return _SocketWriter(response, raw.send, thread, chunked=response.chunked)
 
 
 class _SocketWriter:
@@ -305,14 +305,19 @@ class _SocketWriter:
     __slots__ = ("_chunked", "_hub_thread", "_send", "_sock", "response", "rest")
 
     def __init__(
-        self, response: Response | None, send: t.Callable[[bytes], int], thread: int | None
+        self,
+        response: Response | None,
+        send: t.Callable[[bytes], int],
+        thread: int | None,
+        *,
+        chunked: bool,
     ) -> None:
         #: What the socket did not take of the last chunk; the stream writes it, blocking,
         #: before anything else.
         self.rest = b""
         #: gunicorn's response, counting the body's bytes in ``sent`` (for its access log).
         self.response = response
-        self._chunked = response is not None and response.chunked
+        self._chunked = chunked
         self._sock = response.sock if response is not None else None
         self._send = send
         self._hub_thread = thread
@@ -359,8 +364,7 @@ class _ParkedSocket(_SocketWriter):
     ) -> None:
         # gunicorn's response is kept only for its access log, which needs it at the end.
         response = writer.response if access is not None else None
-        super().__init__(response, sock.send, writer._hub_thread)
-        self._chunked = writer._chunked
+        super().__init__(response, sock.send, writer._hub_thread, chunked=writer._chunked)
         self.sock = sock
         self.broken = False
         self._pool: _StreamPool | None = pool
