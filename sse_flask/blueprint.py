@@ -137,8 +137,12 @@ def say() -> Response:
 
 @blueprint.get("/stats")
 def stats() -> Response:
-    """This process's figures: open streams, per channel, published, dropped, backend."""
-    return jsonify(_state().broker.stats())
+    """This process's figures: open streams (views' own too, :meth:`SSE.stream`), per
+    channel, published, dropped, backend."""
+    state = _state()
+    figures = state.broker.stats()
+    figures["consumers"] += len(state.views)
+    return jsonify(figures)
 
 
 @blueprint.get("/healthz")

@@ -157,6 +157,7 @@ def test_a_departed_client_closes_the_items_and_tears_the_request_down(
     [acquired] = [line for line in view_server.happened() if line.startswith("acquired")]
     resource = acquired.split()[1]
     assert view_server.happened() == [acquired]
+    assert consumers(view_server) == 1
     left = time.monotonic()
     sock.close()
     done = [f"finally {resource}", f"teardown_request {resource}", f"released {resource}"]
@@ -167,6 +168,12 @@ def test_a_departed_client_closes_the_items_and_tears_the_request_down(
     )
     took = time.monotonic() - left
     assert took <= CLOSE_BOUND[view_server.kind], f"{took:.2f} s under {view_server.kind}"
+    wait_until(lambda: consumers(view_server) == 0, 10, "/stats to count the stream no more")
+
+
+def consumers(view_server: ViewServer) -> int:
+    """The open streams ``/stats`` counts."""
+    return int(httpx.get(f"{view_server.url}/stats", timeout=10).json()["consumers"])
 
 
 def test_stream_outside_a_request_says_where_to_call_it() -> None:

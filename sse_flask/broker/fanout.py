@@ -402,6 +402,10 @@ class Fanout:
         for subscription in list(self._channels.get(channel, ())):
             self._unregister(subscription, reason)
 
+    def __len__(self) -> int:
+        """Open subscriptions."""
+        return len(self._subscriptions)
+
     def stats(self, *, backend: str, published: int) -> dict[str, t.Any]:
         """A broker's ``/stats``: open subscriptions in all and per channel, ``published``,
         slow consumers dropped, and ``backend``."""
