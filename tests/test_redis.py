@@ -300,16 +300,23 @@ def test_client_resumes_on_another_worker_after_sigkill(
 def test_redis_restart_midstream(
     serve: t.Callable[..., Server], redis_server: RedisServer, stream: t.Callable[..., StreamClient]
 ) -> None:
-    """Redis stopped: /say answers 503 (nothing was sent), /healthz 503, the open stream
-    stays open with heartbeats. Redis back: publishes are delivered to that same stream."""
+    """Redis stopped: /say answers 503 (nothing was sent), a resume 503 (try again),
+    /healthz 503, the open stream stays open with heartbeats. Redis back: publishes are
+    delivered to that same stream."""
     server = serve(broker=redis_server.url, env={"SSE_HEARTBEAT": "0.3"})
     client = stream(server.url)
     server.say("before")
-    assert [e.data for e in client.take(1)] == ["before"]
+    events_before = client.take(1)
+    assert [e.data for e in events_before] == ["before"]
     redis_server.stop()
     during = server.post("/say", json={"data": "during"})
     assert during.status_code == 503
     assert "nothing was sent" in during.json()["error"]
+    resume = server.get("/events", headers={"Last-Event-ID": events_before[0].id})
+    assert (resume.status_code, resume.headers["Retry-After"]) == (503, "1")
+    refusal = resume.json()["error"]
+    assert refusal.startswith("the stream could not open, try again in a moment: "), refusal
+    assert "Redis at" in refusal
     health = server.get("/healthz")
     assert health.status_code == 503 and health.json()["error"]
     # Open streams stay open: heartbeats keep arriving while Redis is away.
