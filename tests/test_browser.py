@@ -420,6 +420,21 @@ def test_refused_channel_closes_with_the_servers_reason(
     )
 
 
+def test_a_204_closes_the_helper_for_good(
+    context: BrowserContext, serve: t.Callable[..., Server]
+) -> None:
+    """204 No Content is how a server tells an EventSource to stop: the helper closes and
+    never asks again, whatever its backoff (1 s to start with)."""
+    server = serve(app="apps.browser_faults:create_app")
+    server.post("/_faults", json={"answers": [[204, None]]}).raise_for_status()
+    page = context.new_page()
+    page.goto(server.url + "/")
+    wait_for_status(page, "closed")
+    assert "not to reconnect (204 No Content)" in (page.text_content("#status-detail") or "")
+    page.wait_for_timeout(3000)
+    assert [status for _, status, _ in server.get("/_faults").json()] == [204]
+
+
 # ---------------------------------------------------------------- one stream for all tabs
 
 

@@ -2,7 +2,8 @@
 
 - ``POST /_faults`` with JSON ``{"answers": [[status, retry_after or null], ...]}`` makes the
   next ``/events`` requests answer those errors, in turn, as sse-flask does (JSON
-  ``{"error"}``, ``Retry-After`` when given).
+  ``{"error"}``, ``Retry-After`` when given; a ``204`` with no body, as a server that
+  wants the client to stop answers).
 - ``GET /_faults`` lists each ``/events`` request seen: ``[time, status injected or null, Last-Event-ID]``.
 - Channel ``forbidden`` is refused by the authorizer (403).
 """
@@ -34,6 +35,8 @@ def create_app() -> Flask:
             return None
         status, retry_after = answers.popleft()
         seen.append((time.time(), status, last_event_id))
+        if status == 204:
+            return Response(status=204)
         response = jsonify(error=f"fault injected by the test: {status}")
         response.status_code = status
         if retry_after is not None:
