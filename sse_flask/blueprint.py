@@ -190,12 +190,12 @@ def _unknown_job(e: UnknownJob) -> Response:
 def _unavailable(e: BrokerUnavailable) -> Response:
     if isinstance(e, NotReplicated):
         return _error(503, str(e), {"Retry-After": "1"})
-    if request.endpoint == "sse.say":
-        return _error(503, f"nothing was sent: {e}", {"Retry-After": "1"})
-    # A stream that could not open (its history unreadable): nothing is lost by asking again.
-    return _error(
-        503, f"the stream could not open, try again in a moment: {e}", {"Retry-After": "1"}
-    )
+    if request.endpoint == "sse.events":
+        # The stream could not open (its history unreadable): nothing is lost by asking again.
+        return _error(
+            503, f"the stream could not open, try again in a moment: {e}", {"Retry-After": "1"}
+        )
+    return _error(503, f"nothing was sent: {e}", {"Retry-After": "1"})
 
 
 @blueprint.errorhandler(HTTPException)

@@ -254,12 +254,13 @@ class TestDemo:
         assert (event.event, event.data) == ("message", "héllo wörld 😀")
 
     def test_serve_has_the_largest_accept_queue_the_kernel_allows(self, demo: Server) -> None:
-        """A reconnect storm must not overflow the listen backlog (gunicorn's 2048)."""
+        """A reconnect storm must not overflow the listen backlog (gunicorn's 2048): serve asks
+        for 65535, which the kernel caps at net.core.somaxconn."""
         somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
         listening = subprocess.run(
             ["ss", "-ltnH", f"sport = :{demo.port}"], capture_output=True, text=True, check=True
         ).stdout.split()
-        assert int(listening[2]) == somaxconn
+        assert int(listening[2]) == min(somaxconn, 65535)
 
     def test_say_with_channel_and_event(
         self, demo: Server, stream: t.Callable[..., StreamClient]
