@@ -189,7 +189,8 @@ def _unknown_job(e: UnknownJob) -> Response:
 @blueprint.errorhandler(BrokerUnavailable)
 def _unavailable(e: BrokerUnavailable) -> Response:
     if isinstance(e, NotReplicated):
-        return _error(503, str(e), {"Retry-After": "1"})
+        # With the event's id: the publisher can tell that it was written, and not send it again.
+        return _error(503, str(e), {"Retry-After": "1"}, id=e.event_id)
     if request.endpoint == "sse.events":
         # The stream could not open (its history unreadable): nothing is lost by asking again.
         return _error(
@@ -281,8 +282,10 @@ def _state() -> AppState:
     return t.cast(AppState, current_app.extensions["sse"])
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify(error=message)
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **fields: t.Any
+) -> Response:
+    response = jsonify(error=message, **fields)
     response.status_code = status
     if headers:
         response.headers.update(headers)

@@ -87,13 +87,16 @@ def _failure(url: str, error: urllib.error.URLError, *, idempotent: bool) -> Cli
     """``error`` from a request to ``url`` as a :class:`ClientError`, transient or not.
 
     A request that may be sent twice (``idempotent``) is worth repeating after any 5xx; a
-    publish only after a 503, which says that nothing was sent.
+    publish only after a 503 that says nothing was sent: not one that gives the event's
+    ``id`` (written, but not confirmed by Redis replicas), which a retry would deliver twice.
     """
     if isinstance(error, urllib.error.HTTPError):
         retry_after = error.headers.get("Retry-After", "")
+        answer = _error_answer(error)
+        written = "id" in answer
         return ClientError(
-            f"{url} answered {error.code}: {_error_text(error)}",
-            transient=error.code >= 500 if idempotent else error.code == 503,
+            f"{url} answered {error.code}: {answer.get('error') or error.reason}",
+            transient=error.code >= 500 if idempotent else error.code == 503 and not written,
             retry_after=float(retry_after) if retry_after.isdigit() else None,
         )
     reason = error.reason
@@ -105,11 +108,14 @@ def _failure(url: str, error: urllib.error.URLError, *, idempotent: bool) -> Cli
     return ClientError(f"cannot reach {url}: {reason}", transient=not lasting)
 
 
-def _error_text(error: urllib.error.HTTPError) -> str:
+def _error_answer(error: urllib.error.HTTPError) -> dict[str, t.Any]:
+    """The JSON object of an error answer (sse-flask's ``{"error": ...}``); empty if the
+    body is not one."""
     try:
-        return str(json.load(error)["error"])
-    except (ValueError, KeyError, TypeError):
-        return error.reason
+        answer = json.load(error)
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 def read_events(url: str, last_event_id: str | None) -> t.Iterator[_Event]:

@@ -66,4 +66,15 @@ class BrokerUnavailable(SSEError):
 
 class NotReplicated(BrokerUnavailable):
     """Redis took the event but fewer replicas than ``SSE_REDIS_WAIT_REPLICAS`` confirmed it
-    in time: it may have been delivered, and may be lost if the primary fails over."""
+    in time: it may have been delivered, and may be lost if the primary fails over.
+
+    :param event_id: the id Redis gave the event; publishing it again may deliver it twice.
+    """
+
+    def __init__(self, event_id: str, where: str, replicas: int, wanted: int, wait_ms: int) -> None:
+        super().__init__(
+            f"event {event_id} was written to {where}, but only {replicas} of {wanted} replicas"
+            f" (SSE_REDIS_WAIT_REPLICAS) confirmed it within {wait_ms} ms: it may have been"
+            " delivered, and may be lost if Redis fails over"
+        )
+        self.event_id = event_id

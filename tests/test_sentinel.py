@@ -154,7 +154,8 @@ def test_wait_replicas_returns_once_a_replica_has_the_event(
 ) -> None:
     """With SSE_REDIS_WAIT_REPLICAS=1, a publish answers once the replica has it; with the
     replica stopped it answers 503 after a second, saying the event may be lost, not that
-    nothing was sent."""
+    nothing was sent, and giving its id; ``sse-flask say``, which tries a publish again
+    after a 503 that says nothing was sent, does not send that one twice."""
     server = serve(broker=sentinels.url, env={"SSE_REDIS_WAIT_REPLICAS": "1"})
     event_id = server.say("replicated")
     entries = sentinels.replica.client().xrange(STREAM_KEY)
@@ -162,8 +163,18 @@ def test_wait_replicas_returns_once_a_replica_has_the_event(
     sentinels.cut_replication()
     response = server.post("/say", json={"data": "unconfirmed"})
     assert response.status_code == 503
-    error = response.json()["error"]
-    assert "only 0 of 1 replicas" in error and "nothing was sent" not in error
+    answer = response.json()
+    assert "only 0 of 1 replicas" in answer["error"] and "nothing was sent" not in answer["error"]
+    written = [entry_id.decode() for entry_id, _ in sentinels.primary.client().xrange(STREAM_KEY)]
+    assert written[-1] == answer["id"].partition("-")[2]
+    said = subprocess.run(
+        [sys.executable, "-m", "sse_flask", "say", "once", "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert said.returncode == 1 and "only 0 of 1 replicas" in said.stderr, said.stderr
+    assert len(sentinels.primary.client().xrange(STREAM_KEY)) == len(written) + 1
 
 
 def tls_files(directory: Path) -> tuple[Path, Path]:

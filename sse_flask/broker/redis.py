@@ -172,12 +172,8 @@ class RedisBroker:
                     (epoch, stream_id), replicas = pipe.execute()
         event_id = f"{epoch.decode()}-{stream_id.decode()}"
         if self._wait_replicas and replicas < self._wait_replicas:
-            raise NotReplicated(
-                f"event {event_id} was written to Redis at {self._safe_url()}, but only"
-                f" {replicas} of {self._wait_replicas} replicas (SSE_REDIS_WAIT_REPLICAS)"
-                f" confirmed it within {_WAIT_MS} ms: it may have been delivered, and may be lost"
-                " if Redis fails over"
-            )
+            where = f"Redis at {self._safe_url()}"
+            raise NotReplicated(event_id, where, replicas, self._wait_replicas, _WAIT_MS)
         return event_id
 
     def subscribe(
