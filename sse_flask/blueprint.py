@@ -76,6 +76,12 @@ def events() -> Response:
         subscription = subscribe(
             state.broker, channels, last_event_id, queue_size=settings.queue_size
         )
+    except BrokerUnavailable as e:
+        # Its history unreadable: nothing is lost by asking again.
+        release()
+        return _error(
+            503, f"the stream could not open, try again in a moment: {e}", {"Retry-After": "1"}
+        )
     except BaseException:
         release()
         raise
@@ -191,11 +197,6 @@ def _unavailable(e: BrokerUnavailable) -> Response:
     if isinstance(e, NotReplicated):
         # With the event's id: the publisher can tell that it was written, and not send it again.
         return _error(503, str(e), {"Retry-After": "1"}, id=e.event_id)
-    if request.endpoint == "sse.events":
-        # The stream could not open (its history unreadable): nothing is lost by asking again.
-        return _error(
-            503, f"the stream could not open, try again in a moment: {e}", {"Retry-After": "1"}
-        )
     return _error(503, f"nothing was sent: {e}", {"Retry-After": "1"})
 
 
